@@ -1,0 +1,7 @@
+"""labgrid parts of ours: drivers and strategies registered with labgrid's target factory.
+
+Importing this package registers them, so an environment file loads them with
+``imports: [pkvmlab.lab]`` (labgrid imports modules named there).
+"""
+
+from . import bootstrategy, qemudriver  # noqa: F401  (registration side effect)

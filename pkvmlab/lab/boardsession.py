@@ -1,0 +1,91 @@
+"""BoardSession: a booted board, its shell, and the facts measured on it.
+
+What the suites get: one object per run that runs commands on the board,
+knows which board and images it is, and holds the boot facts parsed once from
+the kernel's own log (the console log where the board has one, else ``dmesg``
+over the command channel, e.g. adb on a phone).  labgrid glue only: no pytest.
+"""
+
+from dataclasses import dataclass, field
+
+from labgrid.driver.exception import ExecutionError
+
+from ..facts.console import BootFacts, parse_boot_log
+
+_MARK = "pkvmlab-fact:"
+FACTS_COMMAND = (
+    f"echo {_MARK}release=$(uname -r); "
+    f"echo {_MARK}machine=$(uname -m); "
+    f"if [ -e /dev/kvm ]; then echo {_MARK}dev_kvm=yes; else echo {_MARK}dev_kvm=no; fi; "
+    f"echo {_MARK}cmdline=$(cat /proc/cmdline)"
+)
+
+
+@dataclass
+class RuntimeFacts:
+    """What the running system says about itself, asked over its shell."""
+
+    release: str = None
+    machine: str = None
+    dev_kvm: bool = None
+    cmdline: str = None
+
+    @classmethod
+    def parse(cls, lines):
+        values = {}
+        for line in lines:
+            if line.startswith(_MARK) and "=" in line:
+                key, value = line[len(_MARK):].split("=", 1)
+                values[key] = value.strip()
+        dev_kvm = {"yes": True, "no": False}.get(values.get("dev_kvm"))
+        return cls(release=values.get("release"), machine=values.get("machine"), dev_kvm=dev_kvm,
+                   cmdline=values.get("cmdline"))
+
+
+@dataclass
+class BoardSession:
+    board: object                  # pkvmlab.boards.Board
+    target: object                 # labgrid Target
+    strategy: object
+    run_dir: object                # pathlib.Path of reports/<run-id>/
+    provisioned: object = None     # pkvmlab.images.provision.Provisioned
+    console_log: object = None     # pkvmlab.lab.consolelog.ConsoleLog, where the board has a console
+    facts: BootFacts = None
+    runtime: RuntimeFacts = None
+    console_facts: BootFacts = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def command(self):
+        return self.target.get_driver("CommandProtocol")
+
+    @property
+    def boot_seconds(self):
+        return getattr(self.strategy, "boot_seconds", None)
+
+    def run(self, cmd, timeout=30):
+        """Run ``cmd`` on the board; returns (stdout lines, exit code)."""
+        stdout, _, code = self.command.run(cmd, timeout=timeout)
+        return stdout, code
+
+    def run_check(self, cmd, timeout=30):
+        lines, code = self.run(cmd, timeout)
+        if code != 0:
+            raise ExecutionError(cmd, lines, [])
+        return lines
+
+    def kernel_log(self):
+        """The kernel's messages: the console log if we have one, else dmesg."""
+        if self.console_log is not None:
+            return self.console_log.text()
+        lines, _ = self.run("dmesg", timeout=60)
+        return "\n".join(lines)
+
+    def collect_facts(self):
+        """One round trip for the runtime facts, then parse the kernel log."""
+        lines, _ = self.run(FACTS_COMMAND)
+        self.runtime = RuntimeFacts.parse(lines)
+        self.facts = parse_boot_log(self.kernel_log())
+        if self.console_log is not None:
+            self.console_facts = self.facts
+        return self.facts

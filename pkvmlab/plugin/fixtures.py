@@ -1,0 +1,82 @@
+"""Fixtures the suites use: the board, a booted board session, and measured values into JUnit."""
+
+import pytest
+from _pytest.junitxml import xml_key
+
+from ..lab.boardsession import BoardSession
+from ..lab.consolelog import ConsoleLog
+
+
+@pytest.fixture(scope="session")
+def pkvmlab_run(request):
+    from .hooks import RUN_KEY
+    run = request.config.stash.get(RUN_KEY, None)
+    if run is None:
+        raise pytest.UsageError("board suites need a board: pass --board NAME (see boards/) or an "
+                                "--lg-env whose options name pkvmlab_board")
+    return run
+
+
+@pytest.fixture(scope="session")
+def board(pkvmlab_run):
+    return pkvmlab_run.board
+
+
+def _property_adder(config, run):
+    xml = config.stash.get(xml_key, None)
+
+    def add(name, value):
+        run.measured[name] = value
+        if xml is not None:
+            xml.add_global_property(name, str(value))
+    return add
+
+
+@pytest.fixture(scope="session")
+def booted(request, pkvmlab_run, target):
+    """The board, booted once for the whole session to its ready state, with its facts collected."""
+    run = pkvmlab_run
+    add_property = _property_adder(request.config, run)
+    strategy = target.get_strategy()
+    console_log = None
+    try:
+        console = target.get_driver("ConsoleProtocol", activate=False)
+    except Exception:  # noqa: BLE001 - boards without a console (phones over adb) use dmesg instead
+        console = None
+    if console is not None:
+        console_log = ConsoleLog(console, run.run_dir / "console.log")
+    if hasattr(strategy, "console_log"):
+        strategy.console_log = console_log
+    if hasattr(strategy, "boot_timeout"):
+        strategy.boot_timeout = run.board.boot_timeout
+    session = BoardSession(board=run.board, target=target, strategy=strategy, run_dir=run.run_dir,
+                           provisioned=run.provisioned, console_log=console_log)
+    run.session = session
+    try:
+        strategy.transition(run.board.ready_state)
+        if session.boot_seconds is not None:
+            add_property("pkvmlab.boot_seconds", f"{session.boot_seconds:.3f}")
+        facts = session.collect_facts()
+        add_property("pkvmlab.kernel_release", session.runtime.release or facts.kernel_release)
+        add_property("pkvmlab.boot_el", facts.boot_el or "unknown")
+        add_property("pkvmlab.kvm_mode", facts.kvm_mode or "unknown")
+        add_property("pkvmlab.kvm_line", facts.kvm_line or "")
+        add_property("pkvmlab.dev_kvm", "yes" if session.runtime.dev_kvm else "no")
+        yield session
+        strategy.transition("off")
+    finally:
+        if console_log is not None:
+            console_log.close()
+
+
+@pytest.fixture
+def measured(request, pkvmlab_run):
+    """measured(key, value): a value this test measured, as testsuite property ``<test>.<key>``.
+
+    Per-testcase <properties> are invalid in Jenkins' junit-10.xsd, hence suite level.
+    """
+    add = _property_adder(request.config, pkvmlab_run)
+
+    def record(key, value):
+        add(f"{request.node.name}.{key}", value)
+    return record

@@ -1,0 +1,168 @@
+"""pytest hooks of the pkvmlab plugin: options, run set-up, JUnit finishing, per-board selection."""
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from _pytest.junitxml import xml_key
+
+from ..errors import ConfigError, PkvmlabError
+from .run import KVM_ARM_MODES, RunState
+
+RUN_KEY = pytest.StashKey[RunState]()
+_CONSOLE_MARK_KEY = pytest.StashKey[int]()
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("pkvmlab", "pkvmlab: board, images, reports")
+    group.addoption("--board", dest="pkvmlab_board", metavar="NAME|FILE",
+                    help="board to run on (boards/<NAME>.yaml); chooses its labgrid environment")
+    group.addoption("--kernel-suite", dest="pkvmlab_kernel_suite", metavar="SUITE",
+                    help="boot the newest Debian kernel of SUITE instead of the image set's (matrix runs)")
+    group.addoption("--kvm-mode", dest="pkvmlab_kvm_mode", choices=KVM_ARM_MODES,
+                    help="override kvm-arm.mode= on the kernel command line (expectations follow)")
+    group.addoption("--reports", dest="pkvmlab_reports", metavar="DIR",
+                    help="where run directories go (default: <repo>/reports)")
+    group.addoption("--run-id", dest="pkvmlab_run_id", metavar="ID", help="name of the run directory")
+    group.addoption("--refresh-images", dest="pkvmlab_refresh_images", action="store_true",
+                    help="resolve kernel and packages again instead of using the cached resolution")
+
+
+def _raise_sigterm_as_interrupt(signum, frame):
+    # pytest writes its JUnit file after KeyboardInterrupt but not after SIGTERM.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    config.addinivalue_line("markers", "board_kind(*kinds): run the test only on boards of these kinds")
+    try:
+        run = RunState.from_options(config.option)
+    except ConfigError as err:
+        raise pytest.UsageError(str(err)) from None
+    except PkvmlabError as err:
+        raise pytest.UsageError(f"{type(err).__name__}: {err}") from None
+    if run is None:
+        return
+    config.stash[RUN_KEY] = run
+    run.export_environment()
+    if not config.option.lg_env:
+        config.option.lg_env = str(run.board.env)
+    final = Path(config.option.xmlpath) if config.option.xmlpath else run.run_dir / "junit.xml"
+    run.junit_final = final.resolve()
+    run.junit_partial = run.junit_final.parent / f".{run.junit_final.name}.partial"
+    config.option.xmlpath = str(run.junit_partial)
+    if not config.option.log_file and not config.getini("log_file"):
+        config.option.log_file = str(run.run_dir / "harness.log")
+        config.option.log_file_level = config.option.log_file_level or "INFO"
+    run.previous_sigterm = signal.signal(signal.SIGTERM, _raise_sigterm_as_interrupt)
+
+
+def pytest_unconfigure(config):
+    run = config.stash.get(RUN_KEY, None)
+    if run is not None and getattr(run, "previous_sigterm", None) is not None:
+        signal.signal(signal.SIGTERM, run.previous_sigterm)
+
+
+def pytest_report_header(config):
+    run = config.stash.get(RUN_KEY, None)
+    if run is None:
+        return None
+    lines = [f"pkvmlab board: {run.board.name} ({run.board.soc}), env {run.board.env}",
+             f"pkvmlab kernel args: {run.board.kernel_args or '(none)'}; expect {run.board.expect}"]
+    if run.provisioned:
+        kernel = run.provisioned.record.get("kernel", {})
+        lines.append(f"pkvmlab images: {run.provisioned.directory} (kernel {kernel.get('release')} from "
+                     f"{kernel.get('package', kernel.get('path'))} {kernel.get('version', '')})")
+    lines.append(f"pkvmlab report: {run.run_dir}")
+    return lines
+
+
+def pytest_sessionstart(session):
+    run = session.config.stash.get(RUN_KEY, None)
+    xml = session.config.stash.get(xml_key, None)
+    if run is None or xml is None:
+        return
+    xml.suite_name = run.suite_name
+    for name, value in run.static_properties().items():
+        xml.add_global_property(name, value)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Deselect tests marked for other board kinds (android suites on a QEMU board, ...)."""
+    run = config.stash.get(RUN_KEY, None)
+    if run is None:
+        return
+    keep, drop = [], []
+    for item in items:
+        kinds = {k for marker in item.iter_markers("board_kind") for k in marker.args}
+        (drop if kinds and run.board.kind not in kinds else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test's report carries the console lines printed while it ran (trimmed)."""
+    report = yield
+    run = item.config.stash.get(RUN_KEY, None)
+    session = run.session if run else None
+    if call.when == "setup":
+        item.stash[_CONSOLE_MARK_KEY] = _console_size(session)
+    if report.failed and session is not None and session.console_log is not None:
+        start = item.stash.get(_CONSOLE_MARK_KEY, 0)
+        text = _console_since(session.console_log.path, start)
+        if not text.strip():
+            text = session.console_log.tail(30)
+        lines = text.replace("\r", "").splitlines()
+        trimmed = lines[-60:]
+        note = f"[console: last {len(trimmed)} of {len(lines)} lines; full log: {session.console_log.path}]"
+        report.sections.append(("Captured stdout console", "\n".join([note, *trimmed]) + "\n"))
+        xml = item.config.stash.get(xml_key, None)
+        if xml is not None:
+            xml.add_global_property(f"{item.name}.console_log", "console.log")
+    return report
+
+
+def _console_size(session):
+    if session is None or session.console_log is None:
+        return 0
+    try:
+        return os.path.getsize(session.console_log.path)
+    except OSError:
+        return 0
+
+
+def _console_since(path, offset):
+    try:
+        with open(path, "rb") as file:
+            file.seek(offset)
+            return file.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_sessionfinish(session, exitstatus):
+    """After pytest wrote its JUnit file: validate it, then move it into place atomically."""
+    result = yield
+    run = session.config.stash.get(RUN_KEY, None)
+    if run is None or run.junit_partial is None or not run.junit_partial.exists():
+        return result
+    from ..report.junit import validate_junit
+    problems = validate_junit(run.junit_partial)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if problems:
+        bad = run.junit_final.with_suffix(".invalid.xml")
+        os.replace(run.junit_partial, bad)
+        message = f"pkvmlab: JUnit output failed schema validation, kept as {bad}:\n  " + "\n  ".join(problems[:10])
+        if reporter:
+            reporter.write_line(message, red=True)
+        session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+        return result
+    os.replace(run.junit_partial, run.junit_final)
+    if reporter:
+        reporter.write_line(f"pkvmlab: report {run.junit_final} (console log {run.run_dir / 'console.log'})")
+    return result

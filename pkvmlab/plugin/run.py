@@ -1,0 +1,146 @@
+"""RunState: everything one pytest run on one board decided before the board boots.
+
+Resolves the board (``--board`` or the environment's ``options.pkvmlab_board``),
+applies matrix overrides (kernel suite, kvm-arm.mode), provisions the image
+set, exports ``LG_PKVMLAB_*`` for the labgrid environment's templates and
+creates ``reports/<run-id>/``.  Everything that can be wrong with the user's
+input is checked here, before a report directory exists, so bad input leaves
+no half-written report.
+"""
+
+import dataclasses
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import yaml
+
+from ..boards import load_board, project_root
+from ..errors import ConfigError
+from ..images.manifest import load_image_set
+from ..images.provision import provision
+
+# What each kvm-arm.mode leads to on a board whose CPU has VHE and EL2 (QEMU -cpu max).
+EXPECTED_KVM_MODE = {"protected": "protected", "nvhe": "nvhe", "default": "vhe", "none": "none"}
+KVM_ARM_MODES = tuple(EXPECTED_KVM_MODE)
+
+
+def board_named_by_env(env_path):
+    """``options.pkvmlab_board`` of a labgrid environment file, or None."""
+    class _TolerantLoader(yaml.SafeLoader):
+        pass
+    _TolerantLoader.add_constructor(None, lambda loader, node: None)   # labgrid's !template etc.
+    try:
+        data = yaml.load(Path(env_path).read_text(), Loader=_TolerantLoader)  # noqa: S506
+    except (OSError, yaml.YAMLError):
+        return None   # labgrid reports a broken environment file itself
+    options = (data or {}).get("options") or {}
+    return options.get("pkvmlab_board") if isinstance(options, dict) else None
+
+
+def with_kvm_mode(board, mode):
+    """The board asked to boot with kvm-arm.mode=``mode``, and what that leads us to expect."""
+    words = [w for w in board.kernel_args.split() if not w.startswith("kvm-arm.mode=")]
+    if mode != "default":
+        words.append(f"kvm-arm.mode={mode}")
+    expect = board.expect
+    if expect.boot_el == "EL2":
+        expect = dataclasses.replace(expect, kvm_mode=EXPECTED_KVM_MODE[mode],
+                                     pvm=expect.pvm if mode == "protected" else False)
+    return dataclasses.replace(board, kernel_args=" ".join(words), expect=expect)
+
+
+def new_run_id(board_name, suffix=""):
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{stamp}-{board_name}{suffix}")
+
+
+class RunState:
+    def __init__(self, board, image_set, provisioned, run_dir, run_id, kernel_suite=None):
+        self.board = board
+        self.image_set = image_set
+        self.provisioned = provisioned
+        self.run_dir = run_dir
+        self.run_id = run_id
+        self.kernel_suite = kernel_suite
+        self.started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.junit_final = None
+        self.junit_partial = None
+        self.measured = {}
+        self.session = None          # BoardSession, once booted
+
+    @classmethod
+    def from_options(cls, option):
+        """None when no board is chosen; raises ConfigError/ImageError/InfrastructureError on bad input."""
+        name = option.pkvmlab_board
+        lg_env = option.lg_env or os.environ.get("LG_ENV")
+        if not name and lg_env:
+            name = board_named_by_env(lg_env)
+        if not name:
+            return None
+        board = load_board(name)
+        if option.pkvmlab_kvm_mode:
+            board = with_kvm_mode(board, option.pkvmlab_kvm_mode)
+        image_set = load_image_set(board.image_set) if board.image_set else None
+        if option.pkvmlab_kernel_suite:
+            if not (image_set and image_set.kernel):
+                raise ConfigError(board.path, [f"{board.path}: --kernel-suite needs an image set with a kernel"])
+            image_set = image_set.with_kernel_suite(option.pkvmlab_kernel_suite)
+            # Whether this kernel can make protected VMs is what the run measures, not a requirement.
+            board = dataclasses.replace(board, expect=dataclasses.replace(board.expect, pvm=None)
+                                        if board.expect.pvm else board.expect)
+        provisioned = provision(image_set, refresh=option.pkvmlab_refresh_images) if image_set else None
+        reports = Path(option.pkvmlab_reports or project_root() / "reports")
+        suffix = ""
+        if option.pkvmlab_kernel_suite or option.pkvmlab_kvm_mode:
+            suffix = f"-{option.pkvmlab_kernel_suite or 'default'}-{option.pkvmlab_kvm_mode or board.kvm_arm_mode}"
+        run_id = option.pkvmlab_run_id or new_run_id(board.name, suffix)
+        run_dir = reports / run_id
+        run_dir.mkdir(parents=True, exist_ok=bool(option.pkvmlab_run_id))
+        state = cls(board, image_set, provisioned, run_dir, run_id, option.pkvmlab_kernel_suite)
+        if provisioned:
+            (run_dir / "images.json").write_text(json.dumps(provisioned.record, indent=2, sort_keys=True) + "\n")
+        return state
+
+    def export_environment(self):
+        """The variables the labgrid environment's !template values refer to."""
+        if self.provisioned:
+            os.environ["LG_PKVMLAB_IMAGES"] = str(self.provisioned.directory)
+        os.environ["LG_PKVMLAB_KERNEL_ARGS"] = self.board.kernel_args
+
+    @property
+    def kernel_release(self):
+        if self.provisioned and self.provisioned.kernel_release:
+            return self.provisioned.kernel_release
+        return "unknown-kernel"
+
+    @property
+    def suite_name(self):
+        """``board/kernel/mode``: how dashboards group runs."""
+        return f"{self.board.name}/{self.kernel_release}/{self.board.kvm_arm_mode}"
+
+    def static_properties(self):
+        """Testsuite properties known before the board boots."""
+        props = {
+            "pkvmlab.board": self.board.name,
+            "pkvmlab.soc": self.board.soc,
+            "pkvmlab.board_kind": self.board.kind,
+            "pkvmlab.kvm_arm_mode": self.board.kvm_arm_mode,
+            "pkvmlab.run_id": self.run_id,
+            "pkvmlab.started": self.started,
+            "pkvmlab.console_log": "console.log",
+        }
+        record = self.provisioned.record if self.provisioned else {}
+        if "kernel" in record:
+            kernel = record["kernel"]
+            props["pkvmlab.kernel_image_sha256"] = kernel["sha256"]
+            if kernel.get("package"):
+                props["pkvmlab.kernel_package"] = f"{kernel['package']} {kernel['version']}"
+                props["pkvmlab.kernel_suite"] = kernel["suite"]
+        if "initramfs" in record:
+            props["pkvmlab.initramfs_sha256"] = record["initramfs"]["sha256"]
+        if self.image_set:
+            props["pkvmlab.image_set"] = self.image_set.name
+        return props
