@@ -1,0 +1,97 @@
+"""Benchmark: the harness's `pkvmlab run` of the boot suite against the raw QEMU floor, in one run.
+
+Raw floor: the very QEMU command line the board's labgrid driver builds, same
+kernel and initramfs, booting straight to poweroff (kernel argument
+``pkvmlab.poweroff`` makes /init power off as soon as userspace is up).
+Harness: the whole ``pkvmlab run --board B suites/boot`` command (Python start,
+provisioning from a warm cache, boot to a shell, the suite, JUnit written).
+Both are run alternately REPEAT times and the medians compared; the ratio is
+printed and written to reports/bench-<stamp>.json.  Not a test: nothing here
+asserts a time.
+
+    python bench/boot_ratio.py [--board qemu-virt] [--repeat 5]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pkvmlab.boards import load_board  # noqa: E402
+from pkvmlab.images.manifest import load_image_set  # noqa: E402
+from pkvmlab.images.provision import provision  # noqa: E402
+
+
+def raw_command(board, provisioned):
+    """The board driver's own QEMU command line, with the console on stdio and poweroff at userspace."""
+    import labgrid
+    import pkvmlab.lab  # noqa: F401  (registers our driver)
+    os.environ["LG_PKVMLAB_IMAGES"] = str(provisioned.directory)
+    os.environ["LG_PKVMLAB_KERNEL_ARGS"] = board.kernel_args + " pkvmlab.poweroff"
+    target = labgrid.Environment(str(board.env)).get_target()
+    driver = target.get_driver("PkvmQEMUDriver", activate=False)
+    return driver.get_qemu_base_args()
+
+
+def time_raw(cmd):
+    with tempfile.TemporaryFile() as out:
+        started = time.monotonic()
+        subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, check=True, timeout=120)
+        elapsed = time.monotonic() - started
+        out.seek(0)
+        if b"reboot: Power down" not in out.read():
+            raise RuntimeError("raw boot did not reach poweroff")
+    return elapsed
+
+
+def time_harness(board_name, reports):
+    cmd = [sys.executable, "-m", "pkvmlab.cli", "run", "--board", board_name, "--reports", reports,
+           str(ROOT / "suites" / "boot"), "-q", "-p", "no:cacheprovider"]
+    started = time.monotonic()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    elapsed = time.monotonic() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"harness run failed:\n{proc.stdout[-2000:]}")
+    return elapsed
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--board", default="qemu-virt")
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    board = load_board(args.board)
+    provisioned = provision(load_image_set(board.image_set))
+    cmd = raw_command(board, provisioned)
+    raw, harness = [], []
+    with tempfile.TemporaryDirectory() as reports:
+        time_raw(cmd)                      # warm the page cache for both sides
+        for _ in range(args.repeat):
+            raw.append(time_raw(cmd))
+            harness.append(time_harness(args.board, reports))
+    result = {
+        "board": board.name, "kernel": provisioned.kernel_release, "repeat": args.repeat,
+        "raw_seconds": [round(x, 3) for x in raw], "harness_seconds": [round(x, 3) for x in harness],
+        "raw_median": round(statistics.median(raw), 3), "harness_median": round(statistics.median(harness), 3),
+    }
+    result["ratio"] = round(result["harness_median"] / result["raw_median"], 3)
+    print(f"board {board.name}, kernel {provisioned.kernel_release}, {args.repeat} runs each")
+    print(f"raw QEMU to poweroff   median {result['raw_median']:.2f} s  {result['raw_seconds']}")
+    print(f"pkvmlab run boot suite median {result['harness_median']:.2f} s  {result['harness_seconds']}")
+    print(f"ratio harness/raw: {result['ratio']:.2f}x  (plain labgrid+pytest 1.85x, LAVA 2.2x, tuxrun 3.1x)")
+    out = ROOT / "reports" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written {out}")
+
+
+if __name__ == "__main__":
+    main()
