@@ -33,6 +33,7 @@ from pkvmlab.images.provision import provision  # noqa: E402
 def raw_command(board, provisioned):
     """The board driver's own QEMU command line, with the console on stdio and poweroff at userspace."""
     import labgrid
+
     import pkvmlab.lab  # noqa: F401  (registers our driver)
     os.environ["LG_PKVMLAB_IMAGES"] = str(provisioned.directory)
     os.environ["LG_PKVMLAB_KERNEL_ARGS"] = board.kernel_args + " pkvmlab.poweroff"

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from .boards import load_board, project_root
 from .images.manifest import load_image_set
-from .images.provision import provision
 from .images.progress import note
+from .images.provision import provision
 
 
 def _cell_id(kernel_suite, mode):

@@ -24,7 +24,8 @@ from ..errors import ImageError, InfrastructureError
 from .progress import Progress, note
 
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
-_DEBIAN_SUITE = re.compile(r"^(buster|bullseye|bookworm|trixie|forky|duke|sid|unstable|testing|stable)(-updates|-backports)?$")
+_DEBIAN_SUITE = re.compile(
+    r"^(buster|bullseye|bookworm|trixie|forky|duke|sid|unstable|testing|stable)(-updates|-backports)?$")
 
 
 def host_debian_mirror():

@@ -18,7 +18,6 @@ Config, on top of QEMUDriver's:
 
 import select
 import shutil
-import socket
 import subprocess
 import tempfile
 import time

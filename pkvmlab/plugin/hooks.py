@@ -1,5 +1,6 @@
 """pytest hooks of the pkvmlab plugin: options, run set-up, JUnit finishing, per-board selection."""
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -108,6 +109,7 @@ def pytest_runtest_makereport(item, call):
     """A failing test's report carries the console lines printed while it ran (trimmed)."""
     report = yield
     run = item.config.stash.get(RUN_KEY, None)
+    report._pkvmlab_run = run
     session = run.session if run else None
     if call.when == "setup":
         item.stash[_CONSOLE_MARK_KEY] = _console_size(session)
@@ -124,6 +126,19 @@ def pytest_runtest_makereport(item, call):
         if xml is not None:
             xml.add_global_property(f"{item.name}.console_log", "console.log")
     return report
+
+
+def pytest_runtest_logreport(report):
+    """Journal every result as it happens: a run killed with SIGKILL (no JUnit) still leaves this."""
+    run = getattr(report, "_pkvmlab_run", None)
+    if run is None:
+        return
+    entry = {"nodeid": report.nodeid, "when": report.when, "outcome": report.outcome,
+             "duration": round(report.duration, 3)}
+    if report.failed:
+        entry["message"] = str(report.longrepr)[-2000:]
+    with open(run.run_dir / "results.jsonl", "a") as journal:
+        journal.write(json.dumps(entry) + "\n")
 
 
 def _console_size(session):
