@@ -1,0 +1,209 @@
+"""Read JUnit files and check them against the schema Jenkins validates with.
+
+Jenkins' xunit plugin rejects a file that does not validate against
+``junit-10.xsd`` (shipped in ``schemas/``, source in the ``.source.txt`` beside
+it), and libraries that write JUnit get it wrong in measured ways (a
+``skipped`` attribute on ``<testsuites>``, ``disabled``, ``<properties>`` in a
+``<testcase>``).  So everything pkvmlab writes passes ``validate_junit`` first,
+and everything it reads goes through ``load_suites`` into plain dataclasses the
+merge, history and HTML code share.
+"""
+
+import functools
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import xmlschema
+from junitparser import Error, Failure, JUnitXml, JUnitXmlError, Skipped
+
+from ..errors import PkvmlabError
+from .atomic import atomic_write_bytes
+
+SCHEMA_PATH = Path(__file__).with_name("schemas") / "junit-10.xsd"
+JUNIT_ROOTS = ("testsuites", "testsuite")
+PREFIX = "pkvmlab."
+
+PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
+
+
+class JUnitReadError(PkvmlabError):
+    """A JUnit file that cannot be read: not there, not XML, or not JUnit.  Names the file and the cause."""
+
+    def __init__(self, path, reason):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class InvalidJUnitError(PkvmlabError):
+    """JUnit that pkvmlab was about to write fails junit-10.xsd; nothing was written."""
+
+    def __init__(self, target, problems):
+        self.target = str(target)
+        self.problems = list(problems)
+        shown = "\n  ".join(self.problems[:10])
+        more = f"\n  ... and {len(self.problems) - 10} more" if len(self.problems) > 10 else ""
+        super().__init__(f"{target}: not written, the JUnit fails {SCHEMA_PATH.name}:\n  {shown}{more}")
+
+
+@functools.lru_cache(maxsize=1)
+def junit_schema():
+    """The parsed junit-10.xsd (parsing it takes a while: once per process)."""
+    return xmlschema.XMLSchema10(str(SCHEMA_PATH))
+
+
+def validate_junit(source):
+    """Problems that would make Jenkins reject ``source`` (a path, or the XML as bytes); empty when valid."""
+    if isinstance(source, (bytes, bytearray)):
+        where, resource = "<junit>", io.BytesIO(bytes(source))
+    else:
+        where, resource = str(source), str(source)
+    try:
+        root = xmlschema.XMLResource(resource).root
+    except (OSError, SyntaxError, xmlschema.XMLResourceError) as err:
+        return [f"{where}: not readable as XML: {err}"]
+    if root.tag not in JUNIT_ROOTS:
+        return [f"{where}: root element is <{root.tag}>, JUnit needs <testsuites> or <testsuite>"]
+    if isinstance(resource, io.BytesIO):
+        resource.seek(0)
+    problems = []
+    for error in junit_schema().iter_errors(resource):
+        line = f":{error.sourceline}" if getattr(error, "sourceline", None) else ""
+        problems.append(f"{where}{line}: {error.path or '/'}: {error.reason}")
+    return problems
+
+
+def write_junit(path, data):
+    """Write the JUnit ``data`` (bytes) to ``path`` atomically, only if it validates; else InvalidJUnitError.
+
+    The one door for JUnit that pkvmlab produces: a file Jenkins would reject
+    is never written, and the previous file at ``path`` stays as it was.
+    """
+    problems = validate_junit(data)
+    if problems:
+        raise InvalidJUnitError(path, problems)
+    return atomic_write_bytes(path, data)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One ``<testcase>``: its outcome and the text a person needs to see why."""
+
+    classname: str
+    name: str
+    time: float
+    outcome: str           # PASSED, FAILED, ERROR or SKIPPED
+    message: str = ""      # failure/error message, or the skip reason
+    detail: str = ""       # the result element's text (traceback, skip location)
+    system_out: str = ""   # for failures: the trimmed console log the plugin attached
+
+    @property
+    def test_id(self):
+        """``classname::name``, how history tells tests apart."""
+        return f"{self.classname}::{self.name}" if self.classname else self.name
+
+
+@dataclass
+class Suite:
+    """One ``<testsuite>`` with its properties (in file order) and cases."""
+
+    name: str
+    source: Path
+    tests: int = 0
+    failures: int = 0
+    errors: int = 0
+    skipped: int = 0
+    time: float = 0.0
+    timestamp: str = ""
+    hostname: str = ""
+    property_list: list = field(default_factory=list)   # [(name, value)], duplicates kept
+    cases: list = field(default_factory=list)
+
+    @property
+    def properties(self):
+        return dict(self.property_list)
+
+    def prop(self, key, default=""):
+        """The ``pkvmlab.<key>`` property, or ``default``."""
+        return self.properties.get(PREFIX + key, default)
+
+    @property
+    def combination(self):
+        """``board/kernel-release/mode``, how dashboards group suites; None without the properties."""
+        parts = [self.prop("board"), self.prop("kernel_release"), self.prop("kvm_arm_mode")]
+        return "/".join(parts) if all(parts) else None
+
+    def measured(self, case_name):
+        """``{key: value}`` of the testsuite properties ``<case_name>.<key>`` (per-test measured values)."""
+        start = f"{case_name}."
+        return {name[len(start):]: value for name, value in self.property_list
+                if name.startswith(start) and not name.startswith(PREFIX)}
+
+    def counts(self):
+        """Outcome counts computed from the cases (the attributes may disagree in a hand-edited file)."""
+        result = {PASSED: 0, FAILED: 0, ERROR: 0, SKIPPED: 0}
+        for case in self.cases:
+            result[case.outcome] += 1
+        return result
+
+
+def parse_junit(path):
+    """junitparser's view of ``path``; raises JUnitReadError naming the file and the parse error."""
+    try:
+        return JUnitXml.fromfile(str(path))
+    except OSError as err:
+        raise JUnitReadError(path, f"cannot read: {err.strerror or err}") from err
+    except SyntaxError as err:       # ElementTree's ParseError and lxml's XMLSyntaxError both are
+        raise JUnitReadError(path, f"not well-formed XML: {err}") from err
+    except JUnitXmlError as err:
+        raise JUnitReadError(path, f"not JUnit: {err} (root must be <testsuites> or <testsuite>)") from err
+
+
+def load_suites(path):
+    """The top-level testsuites of the JUnit file ``path`` as ``Suite`` objects."""
+    path = Path(path)
+    return [suite_from_junitparser(suite, path) for suite in parse_junit(path)]
+
+
+def suite_from_junitparser(suite, source):
+    """A ``Suite`` from a junitparser ``TestSuite`` (direct testcases only)."""
+    return Suite(
+        name=suite.name or "",
+        source=Path(source),
+        tests=_int(suite._elem.get("tests")),
+        failures=_int(suite._elem.get("failures")),
+        errors=_int(suite._elem.get("errors")),
+        skipped=_int(suite._elem.get("skipped")),
+        time=_float(suite._elem.get("time")),
+        timestamp=suite.timestamp or "",
+        hostname=suite.hostname or "",
+        property_list=[(p.name, p.value) for p in suite.properties()],
+        cases=[_case(case) for case in suite.iterchildren(suite.testcase)],
+    )
+
+
+def _case(case):
+    outcome, message, detail = PASSED, "", ""
+    results = case.result
+    for kind, label in ((Failure, FAILED), (Error, ERROR), (Skipped, SKIPPED)):
+        hit = next((r for r in results if isinstance(r, kind)), None)
+        if hit is not None:
+            outcome, message, detail = label, hit.message or "", hit.text or ""
+            break
+    return Case(classname=case.classname or "", name=case.name or "", time=_float(case._elem.get("time")),
+                outcome=outcome, message=message, detail=detail, system_out=case.system_out or "")
+
+
+def _int(text):
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _float(text):
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return 0.0

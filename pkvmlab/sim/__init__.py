@@ -1,0 +1,1 @@
+"""Simulators for pkvmlab's own tests (no device is touched): see :mod:`pkvmlab.sim.pixel`."""

@@ -1,0 +1,142 @@
+"""merge_junit and `report merge`: one schema-valid file from many runs, bad inputs rejected by name."""
+
+import argparse
+import os
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import xmlschema
+
+from pkvmlab.report import cli
+from pkvmlab.report.junit import load_suites
+from pkvmlab.report.merge import merge_junit
+
+FIXTURES = Path(__file__).parent / "fixtures" / "junit"
+RUNS = sorted(FIXTURES.glob("2*/junit.xml"))
+FIRST_DAY = [p for p in RUNS if p.parent.name.startswith("20261120")]
+TRUNCATED = FIXTURES / "broken-truncated" / "junit.xml"
+XUNIT1 = FIXTURES / "legacy-xunit1" / "junit.xml"
+JENKINS_XSD = Path(__file__).parent / "schemas" / "junit-10.xsd"
+
+
+@pytest.fixture(scope="module")
+def jenkins_schema():
+    """The tests' own copy of Jenkins' schema: the check does not go through the code under test."""
+    return xmlschema.XMLSchema10(str(JENKINS_XSD))
+
+
+@pytest.fixture
+def merged(tmp_path):
+    output = tmp_path / "lab" / "junit.xml"
+    result = merge_junit([RUNS[0], TRUNCATED, *RUNS[1:], XUNIT1], output)
+    return result, output
+
+
+def test_output_validates_against_jenkins_schema(merged, jenkins_schema):
+    result, output = merged
+    assert result.written
+    jenkins_schema.validate(str(output))
+    root = ET.parse(output).getroot()
+    assert root.tag == "testsuites" and "skipped" not in root.attrib
+    assert root.get("tests") == str(sum(len(s.cases) for s in load_suites(output)))
+
+
+def test_suites_are_named_board_kernel_mode(merged):
+    result, output = merged
+    names = [s.name for s in load_suites(output)]
+    assert names[:4] == ["qemu-virt/7.3.4+deb13-arm64/protected", "qemu-virt/7.3.4+deb13-arm64/nvhe",
+                         "qemu-virt/6.1.0-41-arm64/protected", "qemu-virt-el1/7.3.4+deb13-arm64/protected"]
+    # the same combination from later runs stays apart, tagged with its run id
+    assert names[4] == "qemu-virt/7.3.4+deb13-arm64/protected@20261121-080000-qemu-virt-trixie-backports-protected"
+    assert result.suites == names
+    assert any("a second 'qemu-virt/7.3.4+deb13-arm64/protected'" in n for n in result.notes)
+
+
+def test_properties_times_and_cases_are_kept(merged):
+    _, output = merged
+    for source, suite in zip(RUNS, load_suites(output), strict=True):
+        (original,) = load_suites(source)
+        assert [p for p in suite.property_list if p[0] != "pkvmlab.console_log"] == \
+               [p for p in original.property_list if p[0] != "pkvmlab.console_log"]
+        # the suite's own time, not junitparser's sum of its cases
+        assert suite.time == original.time
+        assert [(c.name, c.outcome, c.message) for c in suite.cases] == \
+               [(c.name, c.outcome, c.message) for c in original.cases]
+
+
+def test_console_log_paths_still_point_at_the_logs(merged):
+    _, output = merged
+    for suite in load_suites(output):
+        log = output.parent / suite.prop("console_log")
+        assert log.is_file(), log
+        assert log.resolve().parent.name == suite.prop("run_id")
+
+
+def test_classnames_are_unique_across_boards(merged):
+    """GitLab counts only the first of two tests with the same classname+name."""
+    _, output = merged
+    ids = [(c.classname, c.name) for s in load_suites(output) for c in s.cases]
+    assert len(ids) == len(set(ids))
+    assert ("qemu-virt-el1/7.3.4+deb13-arm64/protected.suites.boot.test_boot", "test_boot_el") in ids
+
+
+def test_malformed_inputs_are_rejected_with_path_and_reason(merged):
+    result, _ = merged
+    assert [r.path for r in result.rejected] == [TRUNCATED, XUNIT1]
+    assert "not well-formed XML" in result.rejected[0].reason and "line 1, column" in result.rejected[0].reason
+    assert "'file' attribute not allowed" in result.rejected[1].reason
+    assert len(result.suites) == len(RUNS)
+    assert result.exit_code == 1
+
+
+def test_merging_a_merged_file_again_is_stable(merged, tmp_path, jenkins_schema):
+    _, first = merged
+    again = tmp_path / "again.xml"
+    result = merge_junit([first], again)
+    assert result.exit_code == 0
+    jenkins_schema.validate(str(again))
+    a, b = load_suites(first), load_suites(again)
+    assert [s.name for s in a] == [s.name for s in b]
+    assert [c.classname for s in a for c in s.cases] == [c.classname for s in b for c in s.cases]
+    assert all((again.parent / s.prop("console_log")).is_file() for s in b)
+
+
+def test_nothing_mergeable_leaves_the_previous_output(tmp_path):
+    output = tmp_path / "junit.xml"
+    shutil.copy(RUNS[0], output)
+    before = output.read_bytes()
+    result = merge_junit([TRUNCATED, XUNIT1], output)
+    assert not result.written and result.exit_code == 1
+    assert output.read_bytes() == before
+
+
+def _run_cli(argv):
+    parser = argparse.ArgumentParser(prog="pkvmlab")
+    cli.add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_merge_exit_codes(tmp_path, capsys, jenkins_schema):
+    out = tmp_path / "lab.xml"
+    assert _run_cli(["report", "merge", "-o", str(out), *map(str, FIRST_DAY)]) == 0
+    jenkins_schema.validate(str(out))
+    assert _run_cli(["report", "merge", "-o", str(out), str(TRUNCATED), *map(str, FIRST_DAY)]) == 1
+    err = capsys.readouterr().err
+    assert f"rejected {TRUNCATED}: not well-formed XML" in err
+    assert _run_cli(["report", "merge", "-o", str(out), str(tmp_path / "nope.xml")]) == 2
+    with pytest.raises(SystemExit) as usage:
+        _run_cli(["report", "merge", str(RUNS[0])])     # -o missing
+    assert usage.value.code == 2
+
+
+def test_relative_inputs_and_output_in_another_directory(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    shutil.copytree(FIXTURES / RUNS[0].parent.name, work / "reports" / "r1")
+    monkeypatch.chdir(work)
+    result = merge_junit([Path("reports/r1/junit.xml")], Path("lab/merged.xml"))
+    assert result.exit_code == 0
+    (suite,) = load_suites(work / "lab" / "merged.xml")
+    assert suite.prop("console_log") == os.path.join("..", "reports", "r1", "console.log")
