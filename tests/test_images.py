@@ -31,7 +31,7 @@ def test_files_set_links_and_sums(tmp_path):
 
 
 def test_wrong_checksum_names_key_path_and_both_hashes(tmp_path):
-    wrong = "0" * 64
+    wrong = "f" * 64
     with pytest.raises(ImageError) as info:
         provision(load_image_set(files_set(tmp_path, wrong)), cache=Cache(tmp_path / "cache"))
     message = str(info.value)
@@ -62,7 +62,7 @@ def test_manifest_problems_all_reported(tmp_path):
 def test_local_kernel_checksum_checked(tmp_path):
     (tmp_path / "Image").write_bytes(b"kernel")
     path = tmp_path / "set.yaml"
-    path.write_text(f"name: s\nkernel:\n  file: Image\n  sha256: {'b' * 64}\n  release: 9.9\n")
+    path.write_text(f"name: s\nkernel:\n  file: Image\n  sha256: {'b' * 64}\n  release: \"9.9\"\n")
     with pytest.raises(ImageError, match="sha256 is .* the manifest says bbbb"):
         provision(load_image_set(path), cache=Cache(tmp_path / "cache"))
 
