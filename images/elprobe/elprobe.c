@@ -50,7 +50,8 @@
  *   crashed          (parent) the VM child died of an uncaught signal or an
  *                    unexpected exit ("signal" or "exit_code").
  *
- * teardown "content" values: zeroed (all 0), guest_pattern (what the guest
+ * teardown "content" (read at once) and "content_later" (read again after
+ *   TEARDOWN_REREAD_MS) values: zeroed (all 0), guest_pattern (what the guest
  *   wrote), host_fill (what the host wrote before the guest ran: the guest's
  *   writes were lost), other (anything else; "first_qword" shows it).
  *
@@ -134,6 +135,7 @@
 #define GUEST_PATTERN 0x706b766d454c5052ULL /* "RPLEmvkp" little-endian: 'pkvmELPR' */
 #define HOST_FILL 0xeeeeeeeeeeeeeeeeULL
 #define MAX_EXITS 4000
+#define TEARDOWN_REREAD_MS 500
 #define MAX_EXCEPTIONS 16
 
 enum { P_CREATE, P_GUEST_EL, P_HOST_READ, P_HYPERCALLS, P_TEARDOWN, NPROBES };
@@ -907,6 +909,10 @@ setup_done:;
 		long long destroy_ms = now_ms() - t;
 		guarded_read((const volatile uint64_t *)(mem + DATA_OFF), DATA_QWORDS, &r);
 		guarded_read((const volatile uint64_t *)mem, 1, &rc);
+		/* Read again a moment later: tells a wipe that is only late from none at all. */
+		struct readout rl;
+		usleep(TEARDOWN_REREAD_MS * 1000);
+		guarded_read((const volatile uint64_t *)(mem + DATA_OFF), DATA_QWORDS, &rl);
 		if (r.faulted) {
 			jresult(&j, P_TEARDOWN, vm, "fault");
 			jfault(&j, &r);
@@ -915,6 +921,8 @@ setup_done:;
 			jstr(&j, "content", classify(&r));
 			jhex(&j, "first_qword", r.q[0]);
 		}
+		jstr(&j, "content_later", rl.faulted ? "fault" : classify(&rl));
+		jint(&j, "reread_after_ms", TEARDOWN_REREAD_MS);
 		jbool(&j, "guest_wrote_pattern", wrote);
 		/* The code page: host-written, only executed by the guest. */
 		if (rc.faulted)

@@ -34,6 +34,7 @@ _SET = {
     "kernel": Field((dict,), schema=_KERNEL),
     "initramfs": Field((dict,), schema=_INITRAMFS),
     "files": Field((dict,)),
+    "elprobe": Field((str,)),
 }
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -60,14 +61,15 @@ class ImageSet:
     kernel: KernelSource = None
     busybox: DebianPackage = None
     init: Path = None
-    elprobe: Path = None
+    elprobe: Path = None                        # EL probe source dir (built for the board)
     files: dict = field(default_factory=dict)   # key -> (Path, sha256)
+    elprobe_in_initramfs: bool = False          # packed into the initramfs as /bin/elprobe, else pushed
 
     def with_kernel_suite(self, suite):
         """The same set booting the newest kernel of another Debian suite (for the matrix)."""
         package = self.kernel.debian.package if self.kernel and self.kernel.debian else "linux-image-arm64"
         return ImageSet(self.name, self.path, self.description, KernelSource(DebianPackage(package, suite)),
-                        self.busybox, self.init, self.elprobe, self.files)
+                        self.busybox, self.init, self.elprobe, self.files, self.elprobe_in_initramfs)
 
 
 def images_dir(root=None):
@@ -121,6 +123,14 @@ def load_image_set(name_or_path, root=None):
             elprobe = base / i["elprobe"]
             if not elprobe.is_dir():
                 problems.append(f"{path}:{i.line_of('elprobe')}: initramfs.elprobe: source dir {elprobe} not found")
+    in_initramfs = elprobe is not None
+    if isinstance(data.get("elprobe"), str):
+        # A set without an initramfs (a phone's images): the probe is built and pushed to the device.
+        if elprobe is not None:
+            problems.append(f"{path}:{data.line_of('elprobe')}: elprobe: give it here or under initramfs, not both")
+        elprobe = base / data["elprobe"]
+        if not elprobe.is_dir():
+            problems.append(f"{path}:{data.line_of('elprobe')}: elprobe: source dir {elprobe} not found")
 
     files = {}
     if isinstance(data.get("files"), dict):
@@ -138,7 +148,7 @@ def load_image_set(name_or_path, root=None):
         problems.append(f"{path}:{data.line}: an image set needs 'kernel' (+ 'initramfs') or 'files'")
     raise_if_problems(path, problems)
     return ImageSet(name=data["name"], path=path, description=data.get("description", ""), kernel=kernel,
-                    busybox=busybox, init=init, elprobe=elprobe, files=files)
+                    busybox=busybox, init=init, elprobe=elprobe, files=files, elprobe_in_initramfs=in_initramfs)
 
 
 def _missing(mapping):

@@ -187,14 +187,15 @@ def provision(image_set, cache=None, refresh=False):
         if image_set.kernel:
             record["kernel"] = prov.kernel()
             links["kernel"] = record["kernel"]["sha256"]
+        elprobe = prov.elprobe() if image_set.elprobe else None
+        if elprobe:
+            record["elprobe"] = elprobe
+            links["elprobe"] = elprobe["sha256"]
         if image_set.busybox:
             busybox = prov.busybox()
-            elprobe = prov.elprobe() if image_set.elprobe else None
-            record["initramfs"] = dict(prov.initramfs(busybox, elprobe), busybox=busybox)
+            packed = elprobe if image_set.elprobe_in_initramfs else None
+            record["initramfs"] = dict(prov.initramfs(busybox, packed), busybox=busybox)
             links["initramfs"] = record["initramfs"]["sha256"]
-            if elprobe:
-                record["elprobe"] = elprobe
-                links["elprobe"] = elprobe["sha256"]
         if image_set.files:
             record["files"] = prov.files()
             outside = {key: (Path(spec["path"]).resolve(), spec["sha256"]) for key, spec in record["files"].items()}

@@ -6,6 +6,7 @@ the kernel's own log (the console log where the board has one, else ``dmesg``
 over the command channel, e.g. adb on a phone).  labgrid glue only: no pytest.
 """
 
+import shlex
 from dataclasses import dataclass, field
 
 from labgrid.driver.exception import ExecutionError
@@ -13,6 +14,7 @@ from labgrid.driver.exception import ExecutionError
 from ..facts.console import BootFacts, parse_boot_log
 
 _MARK = "pkvmlab-fact:"
+ANDROID_WORK_DIR = "/data/local/tmp/pkvmlab"   # writable and executable for root and shell on Android
 FACTS_COMMAND = (
     f"echo {_MARK}release=$(uname -r); "
     f"echo {_MARK}machine=$(uname -m); "
@@ -89,3 +91,29 @@ class BoardSession:
         if self.console_log is not None:
             self.console_facts = self.facts
         return self.facts
+
+    @property
+    def work_dir(self):
+        """A writable directory on the board for pushed tools and their output."""
+        return ANDROID_WORK_DIR if self.board.kind == "android" else "/tmp"
+
+    def install_probe(self):
+        """The EL probe's path on the board: the initramfs's own, else pushed from the image set.
+
+        The same static binary serves every board; boards without it in their
+        image (phones, dev boards) get the provisioned copy over the target's
+        FileTransferProtocol (adb push, scp).
+        """
+        lines, code = self.run("command -v elprobe")
+        if code == 0 and lines and lines[-1].startswith("/"):
+            return lines[-1].strip()
+        local = self.provisioned.path("elprobe") if self.provisioned else None
+        if local is None or not local.exists():
+            raise FileNotFoundError(f"board {self.board.name} has no elprobe and its image set "
+                                    f"({self.provisioned.directory if self.provisioned else 'none'}) built none: "
+                                    "add 'elprobe: elprobe' to the image set")
+        remote = f"{self.work_dir}/elprobe"
+        self.run_check(f"mkdir -p {shlex.quote(self.work_dir)}")
+        self.target.get_driver("FileTransferProtocol").put(str(local), remote)
+        self.run_check(f"chmod 755 {shlex.quote(remote)}")
+        return remote

@@ -5,7 +5,7 @@ Inactive unless a board is chosen (``--board`` or an environment whose
 ``options.pkvmlab_board`` names one), so the project's own tests run with it loaded.
 """
 
-from .fixtures import board, booted, measured, pkvmlab_run  # noqa: F401
+from .fixtures import board, booted, measured, pkvmlab_run, suite_property  # noqa: F401
 from .hooks import (  # noqa: F401
     pytest_addoption,
     pytest_collection_modifyitems,

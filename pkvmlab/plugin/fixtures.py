@@ -69,6 +69,12 @@ def booted(request, pkvmlab_run, target):
             console_log.close()
 
 
+@pytest.fixture(scope="session")
+def suite_property(request, pkvmlab_run):
+    """suite_property(name, value): a testsuite property of the run (e.g. ``pkvmlab.pvm.create``)."""
+    return _property_adder(request.config, pkvmlab_run)
+
+
 @pytest.fixture
 def measured(request, pkvmlab_run):
     """measured(key, value): a value this test measured, as testsuite property ``<test>.<key>``.

@@ -1,0 +1,87 @@
+"""The pvm suite: does the hypervisor keep a protected VM's memory from the host?
+
+One run of the EL probe (``images/elprobe``, a minimal VMM on ``/dev/kvm``) per
+session; one test per probe and VM type.  What each result must be follows from
+the KVM mode the kernel printed and the board's ``pvm`` expectation
+(``pkvmlab.isolation``): a skip carries the measured reason, a failure says
+expected vs measured.  The normal VM is the control: its page must be readable
+by the host, or the probe could not see a leak at all.
+"""
+
+import pytest
+
+from pkvmlab.facts.probe import VM_TYPES
+from pkvmlab.isolation import FAIL, SKIP, judge
+
+
+
+@pytest.fixture
+def check(board, isolation_context, probe_run, measured):
+    """check(probe, vm): judge one probe on one VM type; its measured values become properties.
+
+    A failure the board file lists under ``expect.known_findings`` is reported as
+    xfail with its reason and the measured values: still visible, not a new regression.
+    """
+    def judge_one(probe, vm):
+        result = probe_run.result(probe, vm) if probe_run is not None else None
+        if result is not None:
+            measured("outcome", result.describe())
+        verdict = judge(probe, vm, isolation_context, probe_run)
+        if verdict.status == SKIP:
+            pytest.skip(verdict.message)
+        if verdict.status == FAIL and board.expect.known_finding(probe, vm):
+            pytest.xfail(f"known finding on {board.name} ({board.expect.known_finding(probe, vm)}); "
+                         f"measured: {verdict.message}")
+        assert verdict.status != FAIL, verdict.message
+        return result
+    return judge_one
+
+
+def test_probe_completed(isolation_context, probe_run, probe_precondition, measured):
+    """The probe ran to its summary, and no VM process crashed or overran its time limit."""
+    if probe_precondition is not None:
+        if probe_precondition.status == SKIP:
+            pytest.skip(probe_precondition.message)
+        pytest.fail(probe_precondition.message)
+    measured("duration_ms", probe_run.summary.get("duration_ms"))
+    measured("probe_version", probe_run.start.get("probe_version"))
+    crashed = probe_run.crashed_children()
+    assert not crashed, f"probe VM processes did not end cleanly: {', '.join(crashed)}"
+
+
+@pytest.mark.parametrize("vm", VM_TYPES)
+def test_create(vm, check, measured):
+    result = check("create", vm)
+    measured("vm_type", result.get("vm_type"))
+
+
+@pytest.mark.parametrize("vm", VM_TYPES)
+def test_guest_el(vm, check, measured):
+    result = check("guest_el", vm)
+    measured("current_el", f"EL{result.get('current_el')}")
+
+
+@pytest.mark.parametrize("vm", VM_TYPES)
+def test_host_read(vm, check, measured):
+    result = check("host_read", vm)
+    if result.outcome == "fault":
+        measured("signal", f"{result.get('signal')} {result.get('si_code_name')}")
+    else:
+        measured("first_qword", result.get("first_qword"))
+
+
+@pytest.mark.parametrize("vm", VM_TYPES)
+def test_hypercalls(vm, check, measured):
+    result = check("hypercalls", vm)
+    for name in ("smccc_version", "kvm_features", "hyp_meminfo", "unknown_sip_smc"):
+        call = result.call(name)
+        if call is not None:
+            measured(name, call.get("ret_name") or call.get("decoded") or call.get("x0"))
+
+
+@pytest.mark.parametrize("vm", VM_TYPES)
+def test_teardown(vm, check, measured):
+    result = check("teardown", vm)
+    measured("content_after_teardown", result.get("content"))
+    measured("content_later", result.get("content_later"))
+    measured("code_page_after_teardown", result.get("code_page"))
