@@ -5,3 +5,6 @@ Importing this package registers them, so an environment file loads them with
 """
 
 from . import bootstrategy, qemudriver  # noqa: F401  (registration side effect)
+# Android: the AndroidDevice resource, AdbDriver, SerialFastbootDriver and AndroidStrategy (standard library +
+# labgrid only, so loading them for a QEMU board costs nothing).
+from . import adbdriver, androidresource, androidstrategy, fastbootdriver  # noqa: F401,E402

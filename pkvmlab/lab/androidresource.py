@@ -5,7 +5,8 @@ on one host can never be confused.  A USB phone's serial is the one ``adb
 devices -l`` and ``fastboot devices`` print (``ro.serialno``); a phone on the
 network is ``host:port`` for adb (``fastboot_serial`` then names it for
 fastboot, e.g. ``tcp:host``).  No serial is an error raised when a driver
-activates, listing what is attached, never a guess.
+is refused when the environment is loaded (the resource is created), before any
+adb or fastboot command, never guessed from what is attached.
 
 Config:
     serial (str): adb serial number, or ``host:port`` for adb over TCP
@@ -26,6 +27,17 @@ def _optional_str(value):
 class AndroidDevice(Resource):
     serial = attr.ib(default=None, converter=_optional_str)
     fastboot_serial = attr.ib(default=None, converter=_optional_str)
+
+    def __attrs_post_init__(self):
+        super().__attrs_post_init__()
+        if not self.serial:
+            from ..errors import ConfigError
+            env = self.target.env if self.target is not None else None
+            where = getattr(env, "config_file", None) or "the labgrid environment"
+            raise ConfigError(where, [
+                f"{where}: AndroidDevice has no serial: every adb/fastboot call names its device with -s, so "
+                "the environment must give one (the serial 'adb devices -l' prints, or host:port for adb over "
+                "TCP; envs/pixel.yaml reads it from $LG_PIXEL_SERIAL)"])
 
     @property
     def fastboot_id(self):

@@ -32,6 +32,7 @@ Config:
 """
 
 import enum
+import functools
 import hashlib
 import os
 import shutil
@@ -43,7 +44,7 @@ from pathlib import Path
 import attr
 from labgrid.factory import target_factory
 from labgrid.step import step
-from labgrid.strategy.common import Strategy, StrategyError, never_retry
+from labgrid.strategy.common import Strategy, StrategyError
 
 from ..errors import ConfigError, DeviceError, ImageError
 from . import adbdriver, androidresource, fastbootdriver  # noqa: F401  (register what the bindings name)
@@ -56,6 +57,27 @@ _MAGIC = {
     "dtbo": bytes.fromhex("d7b7ab1e"), APEX_KEY: b"PK\x03\x04",
 }
 _FILE_NAMES = {APEX_KEY: "com.android.virt.apex"}   # adb install recognises an APEX by its extension
+
+
+def never_retry(func):
+    """labgrid's ``never_retry``, but the first failure is raised as itself.
+
+    labgrid's decorator replaces every error with "AndroidStrategy is in broken
+    state"; a report whose message is that line hides the one thing a lab needs
+    (locked bootloader, wrong sha256, device gone).  Here the first call raises
+    the original error and only later calls get the "broken" StrategyError.
+    """
+    @functools.wraps(func)
+    def wrapper(self, *args, **kwargs):
+        if self.broken:
+            raise StrategyError(f"{type(self).__name__} is broken by an earlier error: {self.broken}") \
+                from self.broken
+        try:
+            return func(self, *args, **kwargs)
+        except Exception as err:
+            self.broken = err
+            raise
+    return wrapper
 
 
 class Status(enum.Enum):

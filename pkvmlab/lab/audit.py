@@ -9,8 +9,11 @@ started it, without patching labgrid.  One line per finished command::
 
     2026-05-02T10:11:12.345Z  exit=0  0.041s  fastboot -s PKVMSIM0008 getvar unlocked
 
-Lines are written and flushed as commands finish; a command still running when
-the log is closed is written with ``exit=running``.
+Commands that address no device (``adb devices -l``, ``fastboot devices``:
+the listings the drivers read to check the serial) are kept too, as comment
+lines (``# host-only ...``), so every line that is not a comment names its
+device with ``-s``.  Lines are written and flushed as commands finish; a command
+still running when the log is closed is written with ``exit=running``.
 """
 
 import shlex
@@ -21,10 +24,21 @@ from pathlib import Path
 from labgrid.step import steps
 
 DEVICE_TOOLS = ("adb", "fastboot")
+# Subcommands that talk to the adb server or the USB bus, not to one device.
+HOST_ONLY = ("devices", "version", "--version", "start-server", "kill-server")
 
 
 def _stamp(wall):
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall)) + f".{int(wall * 1000) % 1000:03d}Z"
+
+
+def host_only(command, tools=DEVICE_TOOLS):
+    """True for a listing such as ``adb devices -l``: no ``-s``, and a subcommand that addresses no device."""
+    for index, part in enumerate(command):
+        if Path(part).name in tools:
+            rest = command[index + 1:]
+            return "-s" not in rest and bool(rest) and rest[0] in HOST_ONLY
+    return False
 
 
 def _exit_code(data):
@@ -83,10 +97,11 @@ class AuditLog:
 
     def _write(self, started, code, duration, command):
         record = {"time": _stamp(started), "exit": code, "seconds": round(duration, 3),
-                  "command": shlex.join(command)}
+                  "command": shlex.join(command), "host_only": host_only(command, self.tools)}
         self.records.append(record)
         if not self._file.closed:
-            self._file.write(f"{record['time']}  exit={code}  {duration:.3f}s  {record['command']}\n")
+            prefix = "# host-only " if record["host_only"] else ""
+            self._file.write(f"{prefix}{record['time']}  exit={code}  {duration:.3f}s  {record['command']}\n")
 
     def close(self):
         with self._lock:

@@ -27,6 +27,12 @@ refused), ``pvmfw_loaded: false`` (crosvm ``--protected-vm`` fails with ENOENT),
 two device directories (two phones attached; the same ``serial`` in both is
 two phones that both match).
 
+The EL probe: a pushed file named ``elprobe`` (an aarch64 ELF), run on the
+device as a command, prints the output recorded from the real probe on the
+QEMU board (``elprobe-protected.jsonl`` next to this file) with the simulated
+kernel's release; as the shell user, or with no ``/dev/kvm``, it prints what
+the probe prints when it cannot open ``/dev/kvm`` and exits 3.
+
 Differences from the real tools, on purpose: fastboot waiting for a missing
 device gives up after ``$PKVMLAB_PIXEL_SIM_WAIT`` seconds (default 10) where the
 real one waits forever; simulated time (boots, VM start) is scaled by
@@ -88,6 +94,15 @@ KVM_LINES = {
 # Absolute device paths that live in the fake root (everything else is the host's: /bin/sh, coreutils).
 _DEVICE_PATH = re.compile(r"(?<![\w.~/$-])/(?=(?:apex|data|dev|proc|sys|system|vendor|sdcard|storage|mnt|product"
                           r"|odm|metadata|linkerconfig)(?:/|\b))")
+
+# A file named elprobe in command position (start, after ; & | ( ` $( then do else exec, or after timeout/env):
+# run through the simulator's stand-in, which checks the pushed file and prints the recorded output.
+_ELPROBE_CALL = re.compile(
+    r"(?P<lead>(?:^|[;&|(){}`\n]|\$\(|\b(?:then|do|else|exec|nohup|time)\b)\s*"
+    r"(?:timeout\s+(?:-[sk]\s+\S+\s+)*\S+\s+)?(?:env\s+(?:\w+=\S*\s+)*)?)"
+    r"(?P<path>(?P<q>['\"]?)(?:[^\s;&|'\"]*/)?elprobe(?P=q))(?=$|[\s;&|)])")
+ELPROBE_RECORDING = Path(__file__).resolve().parent / "elprobe-protected.jsonl"
+EM_AARCH64 = 183
 
 
 class SimExit(Exception):
@@ -362,7 +377,7 @@ def sync_root(devdir, state):
     """Make the fake file system agree with the state (programs, /dev/kvm, /proc/cmdline)."""
     root = Path(devdir) / "root"
     python = sys.executable or "python3"
-    for name in ("getprop", "setprop", "uname", "id", "whoami", "dmesg", "logcat"):
+    for name in ("getprop", "setprop", "uname", "id", "whoami", "dmesg", "logcat", "pkvmlab-sim-elprobe"):
         _write_if_changed(root / "system/bin" / name, _stub(python, name, devdir), 0o755)
     for name in ("vm", "crosvm"):
         _write_if_changed(root / "apex/com.android.virt/bin" / name, _stub(python, name, devdir), 0o755)
@@ -482,7 +497,8 @@ def adb_shell(devdir, args):
         raise SimExit(1, "pkvmlab-sim: interactive adb shell is not simulated; give a command")
     with locked(devdir) as state:
         root = sync_root(devdir, state)
-    command = _DEVICE_PATH.sub(str(root).replace("\\", "\\\\") + "/", " ".join(args))
+    command = _ELPROBE_CALL.sub(r"\g<lead>/system/bin/pkvmlab-sim-elprobe \g<path>", " ".join(args))
+    command = _DEVICE_PATH.sub(str(root).replace("\\", "\\\\") + "/", command)
     env = {
         "PATH": f"{root}/system/bin:{root}/apex/com.android.virt/bin:/usr/local/bin:/usr/bin:/bin",
         "HOME": str(root / "data/local/tmp"),
@@ -853,7 +869,7 @@ def tool_main(devdir, name, args):
     devdir = Path(devdir)
     return {"getprop": tool_getprop, "setprop": tool_setprop, "uname": tool_uname, "id": tool_id,
             "whoami": tool_whoami, "dmesg": tool_dmesg, "logcat": tool_logcat, "vm": tool_vm,
-            "crosvm": tool_crosvm}[name](devdir, args)
+            "crosvm": tool_crosvm, "pkvmlab-sim-elprobe": tool_elprobe}[name](devdir, args)
 
 
 def tool_getprop(devdir, args):
@@ -922,6 +938,58 @@ def tool_logcat(devdir, args):
     print(f"01-01 00:00:02.000   512   512 I init    : pkvmlab simulator: {MODELS[state['model']]['model']} booted")
     if protected_kvm(state):
         print("01-01 00:00:05.000  1024  1024 I virtualizationservice: pkvmlab simulator: protected VMs supported")
+    return 0
+
+
+def _json_line(record):
+    return json.dumps(record, separators=(",", ":"))
+
+
+def elprobe_recording(release):
+    """The recorded probe output (comment lines dropped), its start record's uname.release set to ``release``."""
+    lines = []
+    for line in ELPROBE_RECORDING.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        record = json.loads(line)
+        if record.get("record") == "start" and isinstance(record.get("uname"), dict):
+            record["uname"]["release"] = release
+        lines.append(_json_line(record))
+    return lines
+
+
+def tool_elprobe(devdir, args):
+    """A pushed ``elprobe`` run on the device: checked like exec(2) would, then the recorded output."""
+    path, rest = Path(args[0]), args[1:]
+    shown = to_device_text(devdir, str(path).encode()).decode()
+    if not path.is_file():
+        raise SimExit(127, f"/system/bin/sh: {shown}: inaccessible or not found")
+    if not os.access(path, os.X_OK):
+        raise SimExit(126, f"/system/bin/sh: {shown}: can't execute: Permission denied")
+    head = path.read_bytes()[:20]
+    if len(head) < 20 or head[:4] != b"\x7fELF" or int.from_bytes(head[18:20], "little") != EM_AARCH64:
+        raise SimExit(126, f"/system/bin/sh: {shown}: can't execute: Exec format error")
+    if rest[:1] in (["--help"], ["--version"]):
+        print("usage: elprobe [--timeout SECONDS] [--vm normal|protected|both] [probe ...] (pkvmlab simulator: "
+              "prints a recorded run)")
+        return 0
+    state = load_state(devdir)
+    recording = elprobe_recording(state["kernel"]["release"])
+    if not state["adb_root"] or not kvm_up(state):
+        # What elprobe.c prints when open("/dev/kvm") fails: start, fatal, an incomplete summary; exit 3.
+        errno, name, text = ((13, "EACCES", "Permission denied") if kvm_up(state)
+                             else (2, "ENOENT", "No such file or directory"))
+        print(recording[0])
+        print(_json_line({"record": "fatal", "error": "open /dev/kvm", "errno": errno, "errno_name": name,
+                          "strerror": text}))
+        print(_json_line({"record": "summary", "complete": False, "results": 0, "outcomes": {}, "duration_ms": 1}))
+        return 3
+    if not protected_kvm(state):
+        raise SimExit(1, f"pkvmlab-sim: no recorded elprobe output for KVM mode {state['kernel']['kvm_mode']} "
+                         "(only kvm-arm.mode=protected was recorded)")
+    for line in recording:
+        print(line, flush=True)
+    sim_sleep(1.2)   # the recorded run took 1172 ms
     return 0
 
 
