@@ -199,6 +199,11 @@ def summary_properties(run):
     read = run.result("host_read", "protected")
     if read is not None:
         props["pkvmlab.pvm.host_read"] = read.describe() if read.outcome != "not_run" else "n/a"
+    teardown = run.result("teardown", "protected")
+    if teardown is not None:
+        later = teardown.get("content_later")
+        props["pkvmlab.pvm.teardown"] = (teardown.get("content") or teardown.describe()) + \
+            (f", {later} later" if later and later != teardown.get("content") else "")
     control = run.result("host_read", "normal")
     if control is not None:
         props["pkvmlab.pvm.control_read"] = control.describe()

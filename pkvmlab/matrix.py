@@ -53,7 +53,7 @@ def read_cell(run_dir):
 
 def cell_summary(cell):
     if cell is None:
-        return {"boot_el": "no report", "kvm": "", "create": "", "host_read": "", "verdict": "error"}
+        return {"boot_el": "no report", "kvm": "", "create": "", "host_read": "", "teardown": "", "verdict": "error"}
     p, c = cell["props"], cell["counts"]
     bad = c["failures"] + c["errors"]
     return {
@@ -61,6 +61,7 @@ def cell_summary(cell):
         "kvm": p.get("pkvmlab.kvm_line", p.get("pkvmlab.kvm_mode", "?")).replace("kvm [1]: ", ""),
         "create": p.get("pkvmlab.pvm.create", "n/a"),
         "host_read": p.get("pkvmlab.pvm.host_read", "n/a"),
+        "teardown": p.get("pkvmlab.pvm.teardown", "n/a"),
         "kernel": p.get("pkvmlab.kernel_release", "?"),
         "verdict": f"{c['tests'] - bad - c['skipped']} pass, {c['skipped']} skip, {bad} fail",
     }
@@ -76,7 +77,7 @@ def matrix_markdown(kernels, modes, cells):
             s = cell_summary(cells.get((kernel, mode)))
             release = s.get("kernel", release)
             row.append(f"{s['boot_el']}; {s['kvm']}; pVM create: {s['create']}; host read of pVM page: "
-                       f"{s['host_read']} ({s['verdict']})")
+                       f"{s['host_read']}; pVM page after teardown: {s['teardown']} ({s['verdict']})")
         lines.append(f"| {kernel} ({release}) | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
@@ -92,6 +93,7 @@ def matrix_html(kernels, modes, cells, title):
             state = "fail" if not s["verdict"].endswith(" 0 fail") else "pass"
             tds.append(f'<td class="{state}"><b>{html.escape(s["boot_el"])}</b><br>{html.escape(s["kvm"])}<br>'
                        f'pVM create: {html.escape(s["create"])}<br>host read: {html.escape(s["host_read"])}<br>'
+                       f'after teardown: {html.escape(s["teardown"])}<br>'
                        f'<small>{html.escape(s["verdict"])}</small></td>')
         rows.append(f"<tr><th>{html.escape(kernel)}<br><small>{html.escape(release)}</small></th>{''.join(tds)}</tr>")
     head = "".join(f"<th>kvm-arm.mode={html.escape(m)}</th>" for m in modes)

@@ -161,7 +161,10 @@ def test_sigterm_mid_run_keeps_junit_and_log(tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode != 0
-    parse_junit(tmp_path / "run" / "junit.xml")
+    suite, props, cases = parse_junit(tmp_path / "run" / "junit.xml")
+    interrupted = cases["test_sleeps"].find("error")
+    assert interrupted is not None and "interrupted while running" in interrupted.get("message")
+    assert props["pkvmlab.boot_el"] == "EL2"
     assert "sleep 60" in log.read_text()
 
 

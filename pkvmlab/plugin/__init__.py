@@ -12,6 +12,7 @@ from .hooks import (  # noqa: F401
     pytest_configure,
     pytest_report_header,
     pytest_runtest_logreport,
+    pytest_runtest_protocol,
     pytest_runtest_makereport,
     pytest_sessionfinish,
     pytest_sessionstart,

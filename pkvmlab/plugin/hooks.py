@@ -128,6 +128,18 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Remember which test runs, so an interrupt can name it in the JUnit file."""
+    run = item.config.stash.get(RUN_KEY, None)
+    if run is not None:
+        run.running = item
+    result = yield          # an interrupt raises here and leaves ``running`` set
+    if run is not None:
+        run.running = None
+    return result
+
+
 def pytest_runtest_logreport(report):
     """Journal every result as it happens: a run killed with SIGKILL (no JUnit) still leaves this."""
     run = getattr(report, "_pkvmlab_run", None)
@@ -166,7 +178,15 @@ def pytest_sessionfinish(session, exitstatus):
     run = session.config.stash.get(RUN_KEY, None)
     if run is None or run.junit_partial is None or not run.junit_partial.exists():
         return result
-    from ..report.junit import validate_junit
+    from ..report.junit import name_interrupted_case, validate_junit
+    if run.running is not None:
+        # pytest writes the interrupted test as a <testcase> without names: give them back.
+        item = run.running
+        classname = ".".join(item.nodeid.split("::")[:-1]).replace("/", ".").replace(".py", "") or item.path.stem
+        data = run.junit_partial.read_bytes()
+        repaired = name_interrupted_case(data, classname, item.name, f"interrupted while running {item.nodeid}")
+        if repaired is not data:
+            run.junit_partial.write_bytes(repaired)
     problems = validate_junit(run.junit_partial)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if problems:

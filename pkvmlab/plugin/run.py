@@ -70,6 +70,7 @@ class RunState:
         self.junit_partial = None
         self.measured = {}
         self.session = None          # BoardSession, once booted
+        self.running = None          # the pytest item running now (named in JUnit after an interrupt)
 
     @classmethod
     def from_options(cls, option):
