@@ -37,7 +37,7 @@ class AndroidDevice(Resource):
             raise ConfigError(where, [
                 f"{where}: AndroidDevice has no serial: every adb/fastboot call names its device with -s, so "
                 "the environment must give one (the serial 'adb devices -l' prints, or host:port for adb over "
-                "TCP; envs/pixel.yaml reads it from $LG_PIXEL_SERIAL)"])
+                "TCP; see envs/pixel.yaml and docs/pixel.md)"])
 
     @property
     def fastboot_id(self):
