@@ -4,7 +4,6 @@ Importing this package registers them, so an environment file loads them with
 ``imports: [pkvmlab.lab]`` (labgrid imports modules named there).
 """
 
-from . import bootstrategy, qemudriver  # noqa: F401  (registration side effect)
 # Android: the AndroidDevice resource, AdbDriver, SerialFastbootDriver and AndroidStrategy (standard library +
 # labgrid only, so loading them for a QEMU board costs nothing).
-from . import adbdriver, androidresource, androidstrategy, fastbootdriver  # noqa: F401,E402
+from . import adbdriver, androidresource, androidstrategy, bootstrategy, fastbootdriver, qemudriver  # noqa: F401  (registration side effect)  # noqa: F401,E402

@@ -59,7 +59,8 @@ def apex(name="com.android.virt", version=1, microdroid_release="6.1.99-microdro
         # A fixed time stamp keeps the bytes (and so the sha256) the same every time.
         for member, content in (
                 ("apex_manifest.json", {"name": name, "version": version}),
-                ("pkvmlab-sim.json", {"fixture": "pkvmlab simulator", "microdroid_kernel_release": microdroid_release})):
+                ("pkvmlab-sim.json",
+                 {"fixture": "pkvmlab simulator", "microdroid_kernel_release": microdroid_release})):
             archive.writestr(zipfile.ZipInfo(member, date_time=(2024, 1, 1, 0, 0, 0)), json.dumps(content))
     return buffer.getvalue()
 
