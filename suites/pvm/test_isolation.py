@@ -14,7 +14,6 @@ from pkvmlab.facts.probe import VM_TYPES
 from pkvmlab.isolation import FAIL, SKIP, judge
 
 
-
 @pytest.fixture
 def check(board, isolation_context, probe_run, measured):
     """check(probe, vm): judge one probe on one VM type; its measured values become properties.
