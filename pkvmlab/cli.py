@@ -87,7 +87,7 @@ def pytest_args_for_run(board, args, extra):
 def cmd_run(args, extra):
     import pytest
 
-    from .lab.hostdeps import ensure_qemu
+    from .hostdeps import ensure_qemu
     board = load_board(args.board)
     if board.kind == "qemu":
         ensure_qemu(auto_install=True, echo=lambda m: print(m, file=sys.stderr))

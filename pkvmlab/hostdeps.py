@@ -4,7 +4,7 @@ import os
 import shutil
 import subprocess
 
-from ..errors import InfrastructureError
+from .errors import InfrastructureError
 
 QEMU_BINARY = "qemu-system-aarch64"
 QEMU_PACKAGE = "qemu-system-arm"    # Debian's package holding qemu-system-aarch64

@@ -16,5 +16,6 @@ from .hooks import (  # noqa: F401
     pytest_runtest_protocol,
     pytest_sessionfinish,
     pytest_sessionstart,
+    pytest_terminal_summary,
     pytest_unconfigure,
 )

@@ -3,8 +3,6 @@
 import pytest
 from _pytest.junitxml import xml_key
 
-from ..lab.boardsession import BoardSession
-from ..lab.consolelog import ConsoleLog
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +33,10 @@ def _property_adder(config, run):
 @pytest.fixture(scope="session")
 def booted(request, pkvmlab_run, target):
     """The board, booted once for the whole session to its ready state, with its facts collected."""
+    # Imported here, not at module level: importing labgrid while pytest loads plugins
+    # stops pytest from rewriting asserts in labgrid's own pytest plugin (and it warns).
+    from ..lab.boardsession import BoardSession
+    from ..lab.consolelog import ConsoleLog
     run = pkvmlab_run
     add_property = _property_adder(request.config, run)
     strategy = target.get_strategy()

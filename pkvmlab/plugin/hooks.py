@@ -198,6 +198,14 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
         return result
     os.replace(run.junit_partial, run.junit_final)
-    if reporter:
-        reporter.write_line(f"pkvmlab: report {run.junit_final} (console log {run.run_dir / 'console.log'})")
+    run.final_message = f"pkvmlab: report {run.junit_final} (console log {run.run_dir / 'console.log'})"
     return result
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Say where the report is last, after pytest's own line about the partial file it wrote."""
+    run = config.stash.get(RUN_KEY, None)
+    message = getattr(run, "final_message", None)
+    if message:
+        terminalreporter.write_line(message, bold=True)
