@@ -151,6 +151,7 @@ def test_pixel8_end_to_end_one_off_boot(tmp_path, simdir):
 
     # Evidence kept with the report.
     assert "[INFO] pVM firmware" in (run_dir / "microdroid" / "console.txt").read_text()
+    assert "kvm [1]: Protected nVHE mode initialized successfully" in (run_dir / "dmesg.txt").read_text()
     assert "payload ready" in (run_dir / "microdroid" / "logcat.txt").read_text()
     start = json.loads((run_dir / "elprobe.jsonl").read_text().splitlines()[0])
     assert start["record"] == "start" and start["uname"]["release"] == SIM_RELEASE
@@ -195,6 +196,17 @@ def test_locked_bootloader_is_refused_and_nothing_written(tmp_path, simdir):
     assert lines[-1].endswith(f"fastboot -s {SERIAL} getvar unlocked"), lines
     assert not [line for line in lines if re.search(r" (flash|boot|install) ", line)]
     assert json.loads((run_dir / "flash.json").read_text())["steps"] == []
+
+
+def test_user_build_refuses_adb_root_with_one_clear_error(tmp_path, simdir):
+    sim.create_device(SERIAL, "pixel-8", build_type="user")
+
+    proc, run_dir = run(tmp_path, None, ROOT / "suites" / "android")
+
+    assert proc.returncode == 1
+    _, _, cases = junit(run_dir)
+    assert_all_errored_with(cases, f"{SERIAL}: adb root refused: 'adbd cannot run as root in production builds'")
+    assert audit_lines(run_dir)[-1].endswith(f"adb -s {SERIAL} root")
 
 
 def test_wrong_sha256_in_the_manifest_stops_the_run_before_any_device_command(tmp_path, simdir):

@@ -6,7 +6,9 @@ from the first ``fastboot devices`` to the last ``adb shell``, and what the
 strategy sent to which partition (``<run dir>/flash.json``), also when the
 board never came up (locked bootloader, wrong sha256, device gone).  The log is
 opened before the first test sets up the board and closed after the last one
-lets it go, so it covers the session fixture's whole life.
+lets it go, so it covers the session fixture's whole life.  The phone's kernel
+log, where the boot facts (EL, KVM mode) come from, is kept as ``dmesg.txt``:
+a phone has no console the harness can read.
 """
 
 import json
@@ -42,3 +44,10 @@ def _write_flash_record(run):
               "steps": strategy.flash_record,
               "error": str(strategy.broken) if getattr(strategy, "broken", None) else None}
     (run.run_dir / "flash.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kernel_log_kept(booted):
+    """``<run dir>/dmesg.txt``: the kernel log the boot facts were read from (needs root on Android)."""
+    lines, code = booted.run("dmesg", timeout=60)
+    (booted.run_dir / "dmesg.txt").write_text("\n".join(lines) + "\n" + ("" if code == 0 else f"(dmesg exit {code})\n"))
