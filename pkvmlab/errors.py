@@ -49,12 +49,12 @@ class DeviceError(InfrastructureError):
 class BootError(PkvmlabError):
     """The board did not reach a shell in time; carries the last console lines."""
 
-    def __init__(self, message, console_tail="", log_path=None):
+    def __init__(self, message, console_tail=None, log_path=None):
         self.console_tail = console_tail
         self.log_path = log_path
         text = message
-        if console_tail:
-            text += "\n--- last console lines ---\n" + console_tail
+        if console_tail is not None:
+            text += "\n--- last console lines ---\n" + (console_tail or "(none: the board printed nothing yet)")
         if log_path:
             text += f"\n(full console log: {log_path})"
         super().__init__(text)

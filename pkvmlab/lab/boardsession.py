@@ -77,11 +77,17 @@ class BoardSession:
         return lines
 
     def kernel_log(self):
-        """The kernel's messages: the console log if we have one, else dmesg."""
+        """The kernel's messages: the console log if we have one, else dmesg, kept as ``dmesg.txt``.
+
+        A phone has no console the harness can read; the run keeps the text its
+        boot facts were read from.
+        """
         if self.console_log is not None:
             return self.console_log.text()
-        lines, _ = self.run("dmesg", timeout=60)
-        return "\n".join(lines)
+        lines, code = self.run("dmesg", timeout=60)
+        text = "\n".join(lines) + "\n"
+        (self.run_dir / "dmesg.txt").write_text(text + ("" if code == 0 else f"(dmesg exit {code})\n"))
+        return text
 
     def collect_facts(self):
         """One round trip for the runtime facts, then parse the kernel log."""

@@ -64,11 +64,22 @@ def booted(request, pkvmlab_run, target):
         add_property("pkvmlab.kvm_mode", facts.kvm_mode or "unknown")
         add_property("pkvmlab.kvm_line", facts.kvm_line or "")
         add_property("pkvmlab.dev_kvm", "yes" if session.runtime.dev_kvm else "no")
+        _name_suite_after_boot(request.config, run, session, facts)
         yield session
         strategy.transition("off")
     finally:
         if console_log is not None:
             console_log.close()
+
+
+def _name_suite_after_boot(config, run, session, facts):
+    """``board/kernel/mode`` from what booted, when the image set could not say (a phone's ready images)."""
+    xml = config.stash.get(xml_key, None)
+    if xml is None or (run.provisioned and run.provisioned.kernel_release):
+        return
+    release = session.runtime.release or facts.kernel_release or "unknown-kernel"
+    mode = run.board.kvm_arm_mode if run.board.kernel_args else facts.kvm_arm_mode
+    xml.suite_name = f"{run.board.name}/{release}/{mode}"
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import pytest
 from _pytest.junitxml import xml_key
 
 from ..errors import ConfigError, PkvmlabError
+from .records import finish_records, start_records
 from .run import KVM_ARM_MODES, RunState
 
 RUN_KEY = pytest.StashKey[RunState]()
@@ -58,10 +59,13 @@ def pytest_configure(config):
         config.option.log_file = str(run.run_dir / "harness.log")
         config.option.log_file_level = config.option.log_file_level or "INFO"
     run.previous_sigterm = signal.signal(signal.SIGTERM, _raise_sigterm_as_interrupt)
+    run.audit = start_records(run)
 
 
 def pytest_unconfigure(config):
     run = config.stash.get(RUN_KEY, None)
+    if run is not None:
+        finish_records(run, getattr(run, "audit", None))
     if run is not None and getattr(run, "previous_sigterm", None) is not None:
         signal.signal(signal.SIGTERM, run.previous_sigterm)
 
@@ -198,7 +202,8 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
         return result
     os.replace(run.junit_partial, run.junit_final)
-    run.final_message = f"pkvmlab: report {run.junit_final} (console log {run.run_dir / 'console.log'})"
+    log = f"console log {run.run_dir / 'console.log'}" if run.has_console else f"kernel log {run.run_dir / 'dmesg.txt'}"
+    run.final_message = f"pkvmlab: report {run.junit_final} ({log})"
     return result
 
 

@@ -112,6 +112,11 @@ class RunState:
         os.environ["LG_PKVMLAB_KERNEL_ARGS"] = self.board.kernel_args
 
     @property
+    def has_console(self):
+        """Whether the board has a console the harness logs (phones have only adb)."""
+        return self.board.kind != "android"
+
+    @property
     def kernel_release(self):
         if self.provisioned and self.provisioned.kernel_release:
             return self.provisioned.kernel_release
@@ -131,8 +136,9 @@ class RunState:
             "pkvmlab.kvm_arm_mode": self.board.kvm_arm_mode,
             "pkvmlab.run_id": self.run_id,
             "pkvmlab.started": self.started,
-            "pkvmlab.console_log": "console.log",
         }
+        if self.has_console:
+            props["pkvmlab.console_log"] = "console.log"
         record = self.provisioned.record if self.provisioned else {}
         if "kernel" in record:
             kernel = record["kernel"]
