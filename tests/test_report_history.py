@@ -95,3 +95,43 @@ def test_cli_record_and_show(tmp_path, capsys):
     assert "flaky tests: 2" in out and "test_no_kernel_problems: 1 flips  (passed failed)" in out
     assert run("report", "history", "record", "--db", str(db), str(FIXTURES / "broken-truncated/junit.xml")) == 2
     assert run("report", "history", "show", "--db", str(tmp_path / "none.sqlite")) == 2
+
+
+def _run_with(tmp_path, run_id, started, outcome_xml):
+    path = tmp_path / run_id / "junit.xml"
+    path.parent.mkdir()
+    props = "".join(f'<property name="pkvmlab.{k}" value="{v}" />' for k, v in (
+        ("board", "qemu-virt"), ("kernel_release", "7.3.4+deb13-arm64"), ("kvm_arm_mode", "protected"),
+        ("run_id", run_id), ("started", started), ("boot_seconds", "4.0")))
+    path.write_text(f'<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="x" tests="1" errors="0" '
+                    f'failures="0" skipped="0"><properties>{props}</properties><testcase classname="suites.pvm.t" '
+                    f'name="test_teardown[protected]" time="0.0">{outcome_xml}</testcase></testsuite></testsuites>')
+    return path
+
+
+def test_a_known_finding_that_comes_and_goes_is_flaky_and_not_a_skip(tmp_path):
+    db = tmp_path / "history.sqlite"
+    known = '<skipped type="pytest.xfail" message="known finding on qemu-virt" />'
+    for run_id, started, outcome in (("r1", "2026-11-20T08:00:00Z", known), ("r2", "2026-11-21T08:00:00Z", ""),
+                                     ("r3", "2026-11-22T08:00:00Z", '<skipped message="no /dev/kvm" />')):
+        record_run(db, _run_with(tmp_path, run_id, started, outcome))
+    points = board_trend(db)
+    assert [(p.run_id, p.passed, p.xfailed, p.skipped) for p in points] == [
+        ("r1", 0, 1, 0), ("r2", 1, 0, 0), ("r3", 0, 0, 1)]
+    assert points[0].pass_rate is None and points[1].pass_rate == 1.0
+    (flaky,) = flaky_tests(db)
+    assert flaky.flips == 1 and [o for _, _, o in flaky.history] == ["xfailed", "passed", "skipped"]
+
+
+def test_a_version_1_history_gains_the_xfailed_column(tmp_path):
+    db = tmp_path / "history.sqlite"
+    conn = sqlite3.connect(db)
+    conn.executescript("""CREATE TABLE runs (run_id TEXT NOT NULL, suite TEXT NOT NULL, board TEXT NOT NULL,
+        kernel_release TEXT, kvm_arm_mode TEXT, kvm_mode TEXT, boot_el TEXT, boot_seconds REAL, started TEXT NOT NULL,
+        source TEXT, passed INTEGER NOT NULL, failed INTEGER NOT NULL, errors INTEGER NOT NULL,
+        skipped INTEGER NOT NULL, PRIMARY KEY (run_id, suite));
+        INSERT INTO runs VALUES ('old', 'qemu-virt/k/protected', 'qemu-virt', 'k', 'protected', 'protected-hvhe',
+        'EL2', 4.5, '2026-11-01T00:00:00Z', 'x', 10, 0, 0, 1); PRAGMA user_version = 1;""")
+    conn.close()
+    record_run(db, _run_with(tmp_path, "new", "2026-11-20T08:00:00Z", ""))
+    assert [(p.run_id, p.xfailed) for p in board_trend(db)] == [("old", 0), ("new", 0)]

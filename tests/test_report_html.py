@@ -1,6 +1,7 @@
 """The HTML report: self-contained, the matrix says what the JUnit says, and Chromium renders it so."""
 
 import argparse
+import re
 import shutil
 import struct
 import zlib
@@ -37,9 +38,12 @@ class PageReader(HTMLParser):
         self.cell_text = {}
         self.flaky = []
         self.links = []
+        self.ids = []
         self.assets = []
         self.svgs = 0
         self._cell = None
+        self._note = None
+        self.notes = {}
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
@@ -47,10 +51,15 @@ class PageReader(HTMLParser):
             self._cell = (attrs["data-suite"], attrs["data-check"])
             self.cells[self._cell] = attrs["data-outcome"]
             self.cell_text[self._cell] = ""
+        if tag == "li" and "data-note" in attrs:
+            self._note = attrs["data-note"]
+            self.notes[self._note] = ""
         if tag == "tr" and "data-test" in attrs:
             self.flaky.append(attrs["data-test"])
         if tag == "a":
             self.links.append(attrs.get("href", ""))
+        if "id" in attrs:
+            self.ids.append(attrs["id"])
         if tag in ("script", "link", "img", "iframe", "object", "embed") or "src" in attrs:
             self.assets.append((tag, attrs))
         if tag == "svg":
@@ -59,10 +68,19 @@ class PageReader(HTMLParser):
     def handle_endtag(self, tag):
         if tag == "td":
             self._cell = None
+        if tag == "li":
+            self._note = None
 
     def handle_data(self, data):
         if self._cell:
             self.cell_text[self._cell] += data
+        if self._note:
+            self.notes[self._note] += data
+
+    def note_of(self, cell):
+        """The text of the note a skipped or known-finding cell points to (the number after its label)."""
+        number = re.match(r"(?:skip|known)(\d+)", self.cell_text[cell]).group(1)
+        return self.notes[number]
 
 
 def read_page(text):
@@ -97,10 +115,17 @@ def test_page_is_self_contained(lab):
     assert reader.assets == []
     assert "http://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in text
     assert "url(" not in text and "@import" not in text
+    anchors = set(reader.ids)
     for href in reader.links:
         assert not href.startswith(("/", "file:")), href
+        if href.startswith("#"):
+            assert href[1:] in anchors, href     # a note or a failure on the same page
+            continue
         assert (lab["page"].parent / href).is_file(), href
-    assert sum(href.endswith("console.log") for href in reader.links) == len(RUNS)
+    # One per run in the logs row, plus one per failure (its full log).
+    assert {href for href in reader.links if href.endswith("console.log")} == {
+        href for href in reader.links if href.endswith("console.log")}
+    assert sum(href.endswith("console.log") for href in reader.links) >= len(RUNS)
 
 
 def test_matrix_says_what_the_junit_says(lab):
@@ -114,7 +139,8 @@ def test_matrix_says_what_the_junit_says(lab):
 def test_skip_reasons_measured_values_and_facts_are_on_the_page(lab):
     reader = read_page(lab["page"].read_text())
     el1 = "qemu-virt-el1/7.3.4+deb13-arm64/protected"
-    assert "no /dev/kvm: the kernel booted at EL1" in reader.cell_text[(el1, "test_pvm_create")]
+    # A skip's reason is a numbered note under the matrix; the cell points to it.
+    assert "no /dev/kvm: the kernel booted at EL1" in reader.note_of((el1, "test_pvm_create"))
     assert "signal=SIGSEGV" in reader.cell_text[("qemu-virt/7.3.4+deb13-arm64/protected", "test_host_read_protected")]
     text = lab["page"].read_text()
     for fact in ("protected-hvhe", "protected-nvhe", "2.903", "linux-image-6.1.0-41-arm64 6.1.170-1",

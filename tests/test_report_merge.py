@@ -140,3 +140,31 @@ def test_relative_inputs_and_output_in_another_directory(tmp_path, monkeypatch):
     assert result.exit_code == 0
     (suite,) = load_suites(work / "lab" / "merged.xml")
     assert suite.prop("console_log") == os.path.join("..", "reports", "r1", "console.log")
+
+
+def test_merging_a_merged_file_again_keeps_classnames_plain_after_a_rename(tmp_path, jenkins_schema):
+    """A matrix run's junit.xml is itself a merge; merged with a run of the same combination it is renamed."""
+    first = tmp_path / "matrix" / "junit.xml"
+    assert merge_junit([RUNS[0]], first).written
+    lab = tmp_path / "lab" / "junit.xml"
+    result = merge_junit([RUNS[0], first], lab)
+    jenkins_schema.validate(str(lab))
+    plain, renamed = load_suites(lab)
+    assert renamed.name.startswith(f"{plain.name}@")
+    assert [c.classname.removeprefix(f"{renamed.name}.") for c in renamed.cases] == [
+        c.classname.removeprefix(f"{plain.name}.") for c in plain.cases]
+    assert all(not c.classname.removeprefix(f"{renamed.name}.").startswith("qemu-virt") for c in renamed.cases)
+    assert result.exit_code == 0
+
+
+def test_a_failing_tests_console_log_property_follows_the_merge(tmp_path):
+    run = tmp_path / "runs" / "one"
+    shutil.copytree(RUNS[0].parent, run)
+    text = (run / "junit.xml").read_text()
+    text = text.replace("<properties>", '<properties><property name="test_x.console_log" value="console.log" />', 1)
+    (run / "junit.xml").write_text(text)
+    lab = tmp_path / "lab" / "deep" / "junit.xml"
+    assert merge_junit([run / "junit.xml"], lab).written
+    (suite,) = load_suites(lab)
+    for name in ("pkvmlab.console_log", "test_x.console_log"):
+        assert (lab.parent / suite.properties[name]).resolve() == (run / "console.log").resolve(), name

@@ -46,16 +46,18 @@ def line_chart(title, series, y_label, y_max=None, y_format="{:.2f}"):
     legend = []
     for number, (name, points) in enumerate(sorted(series.items())):
         colour = PALETTE[number % len(PALETTE)]
-        coords = [(px(x), py(y), text) for x, y, text in sorted(points) if y is not None]
+        coords = [(px(x), py(y), text) for x, y, text in sorted(points, key=lambda p: p[0]) if y is not None]
         if len(coords) > 1:
             path = " ".join(f"{cx:.1f},{cy:.1f}" for cx, cy, _ in coords)
             parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{path}"/>')
         for cx, cy, text in coords:
-            parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="3.5" fill="{colour}">'
+            parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="3.5" fill="{colour}" '
+                         f'data-series="{escape(name)}">'
                          f"<title>{escape(text)}</title></circle>")
         legend.append(f'<li><span style="color:{colour}">&#9632;</span> {escape(name)}</li>')
     parts.append("</svg>")
-    return f'<figure class="chart">{"".join(parts)}<ul class="legend">{"".join(legend)}</ul></figure>'
+    return (f'<figure class="chart" data-chart="{escape(title)}">{"".join(parts)}'
+            f'<ul class="legend">{"".join(legend)}</ul></figure>')
 
 
 

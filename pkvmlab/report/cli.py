@@ -117,7 +117,7 @@ def cmd_history_record(args):
             continue
         for p in points:
             print(f"{db}: recorded {p.run_id} {p.suite}: {p.passed} passed, {p.failed} failed, "
-                  f"{p.errors} errors, {p.skipped} skipped")
+                  f"{p.errors} errors, {p.xfailed} known findings (xfail), {p.skipped} skipped")
     return status
 
 

@@ -14,9 +14,9 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from .junit import ERROR, FAILED, PASSED, SKIPPED, load_suites
+from .junit import ERROR, FAILED, PASSED, SKIPPED, XFAILED, load_suites
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2   # 2: runs.xfailed (known findings counted apart from skips)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT NOT NULL,
@@ -33,19 +33,23 @@ CREATE TABLE IF NOT EXISTS runs (
     failed INTEGER NOT NULL,
     errors INTEGER NOT NULL,
     skipped INTEGER NOT NULL,
+    xfailed INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (run_id, suite)
 );
 CREATE TABLE IF NOT EXISTS results (
     run_id TEXT NOT NULL,
     suite TEXT NOT NULL,
     test TEXT NOT NULL,               -- classname::name as the run wrote it
-    outcome TEXT NOT NULL,            -- passed, failed, error, skipped
+    outcome TEXT NOT NULL,            -- passed, failed, error, xfailed, skipped
     seconds REAL,
     message TEXT,
     PRIMARY KEY (run_id, suite, test)
 );
 CREATE INDEX IF NOT EXISTS results_by_test ON results (suite, test);
 """
+
+
+VERDICT = {PASSED: "pass", FAILED: "fail", ERROR: "fail", XFAILED: "xfail"}
 
 
 @dataclass(frozen=True)
@@ -61,10 +65,11 @@ class TrendPoint:
     failed: int
     errors: int
     skipped: int
+    xfailed: int = 0
 
     @property
     def pass_rate(self):
-        """Passed / (passed + failed + errors); skips say nothing about the board. None if nothing ran."""
+        """Passed / (passed + failed + errors); skips and known findings (xfail) are left out. None if nothing ran."""
         ran = self.passed + self.failed + self.errors
         return self.passed / ran if ran else None
 
@@ -87,6 +92,9 @@ def connect(db_path):
     conn = sqlite3.connect(db_path, timeout=30)   # matrix cells may record at once
     try:
         conn.executescript(SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+        if "xfailed" not in columns:   # a version 1 history
+            conn.execute("ALTER TABLE runs ADD COLUMN xfailed INTEGER NOT NULL DEFAULT 0")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         yield conn
     finally:
@@ -107,26 +115,28 @@ def record_run(db_path, junit_path):
         point = TrendPoint(board=suite.prop("board") or combination.split("/")[0], suite=combination,
                            run_id=run_id, started=started, boot_seconds=_float(suite.prop("boot_seconds")),
                            passed=counts[PASSED], failed=counts[FAILED], errors=counts[ERROR],
-                           skipped=counts[SKIPPED])
+                           skipped=counts[SKIPPED], xfailed=counts[XFAILED])
         points.append(point)
-        results = [(run_id, combination, _plain_test_id(case, suite.name), case.outcome, case.time,
+        results = [(run_id, combination, _plain_test_id(case, suite), case.outcome, case.time,
                     case.message[:500]) for case in suite.cases]
         rows.append((point, suite, results))
     with connect(db_path) as conn, conn:
         for point, suite, results in rows:
             conn.execute("DELETE FROM results WHERE run_id = ? AND suite = ?", (point.run_id, point.suite))
-            conn.execute("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            conn.execute("INSERT OR REPLACE INTO runs (run_id, suite, board, kernel_release, kvm_arm_mode,"
+                         " kvm_mode, boot_el, boot_seconds, started, source, passed, failed, errors, skipped,"
+                         " xfailed) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                          (point.run_id, point.suite, point.board, suite.prop("kernel_release"),
                           suite.prop("kvm_arm_mode"), suite.prop("kvm_mode"), suite.prop("boot_el"),
                           point.boot_seconds, point.started, str(junit_path), point.passed, point.failed,
-                          point.errors, point.skipped))
+                          point.errors, point.skipped, point.xfailed))
             conn.executemany("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?)", results)
     return points
 
 
 def board_trend(db_path, board=None, limit=50):
     """The last ``limit`` TrendPoints per board (all boards, or one), oldest first."""
-    query = ("SELECT board, suite, run_id, started, boot_seconds, passed, failed, errors, skipped FROM ("
+    query = ("SELECT board, suite, run_id, started, boot_seconds, passed, failed, errors, skipped, xfailed FROM ("
              " SELECT *, ROW_NUMBER() OVER (PARTITION BY board ORDER BY started DESC) AS age FROM runs"
              " WHERE (? IS NULL OR board = ?)) WHERE age <= ? ORDER BY board, started, suite")
     with connect(db_path) as conn:
@@ -134,11 +144,13 @@ def board_trend(db_path, board=None, limit=50):
 
 
 def flaky_tests(db_path, window=20):
-    """Tests whose pass/fail verdict changed between runs, most flips first.
+    """Tests whose verdict changed between runs, most flips first.
 
     Per board/kernel/mode, over its last ``window`` runs.  Skipped runs are left
     out of the comparison (a skip says the check did not apply, not that it
-    passed or failed); ``failed`` and ``error`` count as the same verdict.
+    passed or failed); ``failed`` and ``error`` count as the same verdict; a
+    known finding (xfail) is a verdict of its own, so a finding that shows on
+    some runs and not on others is listed.
     """
     query = ("SELECT r.suite, r.test, r.run_id, runs.started, r.outcome FROM results r"
              " JOIN runs USING (run_id, suite) ORDER BY r.suite, r.test, runs.started")
@@ -150,7 +162,7 @@ def flaky_tests(db_path, window=20):
                 series.setdefault((suite, test), []).append((run_id, started, outcome))
     found = []
     for (suite, test), history in series.items():
-        verdicts = [outcome == PASSED for _, _, outcome in history if outcome != SKIPPED]
+        verdicts = [VERDICT.get(outcome, outcome) for _, _, outcome in history if outcome != SKIPPED]
         flips = sum(1 for a, b in zip(verdicts, verdicts[1:], strict=False) if a != b)
         if flips:
             found.append(Flaky(suite=suite, test=test, flips=flips, history=tuple(history)))
@@ -166,9 +178,9 @@ def _recent_runs(conn, window):
     return recent
 
 
-def _plain_test_id(case, suite_name):
+def _plain_test_id(case, suite):
     """classname::name without the suite prefix a merge adds, so merged and plain runs line up."""
-    classname = case.classname.removeprefix(f"{suite_name}.") if suite_name else case.classname
+    classname = suite.plain_classname(case.classname)
     return f"{classname}::{case.name}" if classname else case.name
 
 

@@ -25,6 +25,11 @@ JUNIT_ROOTS = ("testsuites", "testsuite")
 PREFIX = "pkvmlab."
 
 PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
+# pytest writes an xfail as <skipped type="pytest.xfail">; pkvmlab suites use it for a board's known
+# findings (measured, expected, not a pass), so reports keep it apart from a skip (check not applicable).
+XFAILED = "xfailed"
+XFAIL_TYPE = "pytest.xfail"
+OUTCOMES = (PASSED, FAILED, ERROR, XFAILED, SKIPPED)
 
 
 class JUnitReadError(PkvmlabError):
@@ -130,7 +135,7 @@ class Case:
     classname: str
     name: str
     time: float
-    outcome: str           # PASSED, FAILED, ERROR or SKIPPED
+    outcome: str           # PASSED, FAILED, ERROR, XFAILED (known finding) or SKIPPED
     message: str = ""      # failure/error message, or the skip reason
     detail: str = ""       # the result element's text (traceback, skip location)
     system_out: str = ""   # for failures: the trimmed console log the plugin attached
@@ -171,6 +176,17 @@ class Suite:
         parts = [self.prop("board"), self.prop("kernel_release"), self.prop("kvm_arm_mode")]
         return "/".join(parts) if all(parts) else None
 
+    def plain_classname(self, classname):
+        """``classname`` without the ``<suite name>.`` prefix a merge adds (also after a rename to ``name@run``)."""
+        for name in dict.fromkeys((self.name, self.name.split("@")[0], self.combination)):
+            if not name:
+                continue
+            if classname == name:
+                return ""
+            if classname.startswith(f"{name}."):
+                return classname[len(name) + 1:]
+        return classname
+
     def measured(self, case_name):
         """``{key: value}`` of the testsuite properties ``<case_name>.<key>`` (per-test measured values)."""
         start = f"{case_name}."
@@ -179,7 +195,7 @@ class Suite:
 
     def counts(self):
         """Outcome counts computed from the cases (the attributes may disagree in a hand-edited file)."""
-        result = {PASSED: 0, FAILED: 0, ERROR: 0, SKIPPED: 0}
+        result = dict.fromkeys(OUTCOMES, 0)
         for case in self.cases:
             result[case.outcome] += 1
         return result
@@ -227,6 +243,8 @@ def _case(case):
         hit = next((r for r in results if isinstance(r, kind)), None)
         if hit is not None:
             outcome, message, detail = label, hit.message or "", hit.text or ""
+            if label == SKIPPED and hit._elem.get("type") == XFAIL_TYPE:
+                outcome = XFAILED
             break
     return Case(classname=case.classname or "", name=case.name or "", time=_float(case._elem.get("time")),
                 outcome=outcome, message=message, detail=detail, system_out=case.system_out or "")

@@ -20,7 +20,6 @@ from pathlib import Path
 from junitparser import JUnitXml
 
 from .junit import (
-    PREFIX,
     SCHEMA_PATH,
     JUnitReadError,
     parse_junit,
@@ -118,11 +117,13 @@ def _add_suite(root, suite, source, output, used, notes):
         name = renamed
     suite.name = name
     for case in suite.iterchildren(suite.testcase):
-        classname = case.classname or ""
-        if not classname.startswith(f"{name}."):
-            case.classname = f"{name}.{classname}" if classname else name
+        # Without the prefix of an earlier merge (a matrix run's junit.xml is itself a merge).
+        classname = view.plain_classname(case.classname or "")
+        case.classname = f"{name}.{classname}" if classname else name
     for prop in suite.properties():
-        if prop.name == f"{PREFIX}console_log" and prop.value and not os.path.isabs(prop.value):
+        # The run's console log and each failing test's (``<test>.console_log``) are relative to the
+        # run's directory: make them relative to the merged file's, so the links still lead there.
+        if prop.name.endswith(".console_log") and prop.value and not os.path.isabs(prop.value):
             target = source.parent / prop.value
             prop.value = os.path.relpath(target, output.parent)
     root.append(suite)

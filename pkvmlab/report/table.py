@@ -9,20 +9,29 @@ columns.
 import os
 from dataclasses import dataclass, field
 
-from .junit import ERROR, FAILED, PASSED, SKIPPED
+from .junit import OUTCOMES
 
-# What a person looks for first about a boot, as (label, pkvmlab property).
+# What a person looks for first about a board/kernel/mode, as (label, pkvmlab property): the
+# headline rows of the matrix.  The pvm ones are the EL probe's summary (suites/pvm).
 FACTS = (
     ("boot EL", "boot_el"),
-    ("KVM mode (measured)", "kvm_mode"),
-    ("kvm-arm.mode asked", "kvm_arm_mode"),
+    ("KVM mode", "kvm_mode"),
     ("boot seconds", "boot_seconds"),
     ("/dev/kvm", "dev_kvm"),
+    ("pVM create", "pvm.create"),
+    ("host read of pVM page", "pvm.host_read"),
+    ("host read of normal VM page", "pvm.control_read"),
+    ("pVM page after teardown", "pvm.teardown"),
+)
+# Where a column came from: the runs table under the matrix.
+DETAILS = (
+    ("kvm-arm.mode asked", "kvm_arm_mode"),
     ("kernel package", "kernel_package"),
     ("SoC", "soc"),
     ("run", "run_id"),
     ("started", "started"),
 )
+LOG_KEY = "console_log"   # pkvmlab.console_log (the run's), <test>.console_log (a failing test's)
 
 
 @dataclass
@@ -37,15 +46,22 @@ class Column:
     log_path: str        # console log, absolute or relative to the JUnit file's directory ("" if none)
     junit_path: str
     counts: dict
+    details: dict = field(default_factory=dict)   # label -> value, in DETAILS order
+
+    @property
+    def bad(self):
+        """Failures and errors in this column."""
+        return self.counts.get("failed", 0) + self.counts.get("error", 0)
 
 
 @dataclass
 class Cell:
-    outcome: str                                   # passed/failed/error/skipped, or "missing"
-    message: str = ""                              # failure message or skip reason
+    outcome: str                                   # passed/failed/error/xfailed/skipped, or "missing"
+    message: str = ""                              # failure message, skip reason or known finding
     measured: dict = field(default_factory=dict)   # key -> value the test recorded
     detail: str = ""
     system_out: str = ""
+    log_path: str = ""                             # this test's console log (failing tests), like Column's
 
 
 @dataclass
@@ -64,7 +80,7 @@ class Matrix:
     rows: list
 
     def totals(self):
-        result = {PASSED: 0, FAILED: 0, ERROR: 0, SKIPPED: 0}
+        result = dict.fromkeys(OUTCOMES, 0)
         for row in self.rows:
             for cell in row.cells:
                 if cell.outcome in result:
@@ -79,16 +95,18 @@ def build_matrix(suites):
     rows = []
     for position, suite in enumerate(suites):
         for case in suite.cases:
-            classname = case.classname.removeprefix(f"{suite.name}.")
+            classname = suite.plain_classname(case.classname)
             key = f"{classname}::{case.name}"
             if key not in index:
                 index[key] = len(rows)
-                group = classname.rsplit(".", 1)[-1].removeprefix("test_") if classname else ""
+                group = classname.rsplit(".", 1)[-1].removeprefix("test_") if classname else "other"
                 rows.append(Row(key=key, label=case.name, group=group,
                                 cells=[Cell("missing") for _ in suites]))
+            measured = suite.measured(case.name)
+            log = measured.pop(LOG_KEY, "")
             rows[index[key]].cells[position] = Cell(
-                outcome=case.outcome, message=case.message, measured=suite.measured(case.name),
-                detail=case.detail, system_out=case.system_out)
+                outcome=case.outcome, message=case.message, measured=measured,
+                detail=case.detail, system_out=case.system_out, log_path=_resolve(log, suite))
     return Matrix(columns=columns, rows=rows)
 
 
@@ -99,8 +117,13 @@ def _column(suite):
     if not (board and kernel and mode):
         parts = (suite.name.split("/") + ["", "", ""])[:3]
         board, kernel, mode = board or parts[0], kernel or parts[1], mode or parts[2]
-    log = suite.prop("console_log")
-    log_path = log if not log or os.path.isabs(log) else os.path.join(str(suite.source.parent), log)
     return Column(title=suite.name, board=board, kernel=kernel, mode=mode,
                   facts={label: suite.prop(key) for label, key in FACTS if suite.prop(key)},
-                  log_path=log_path, junit_path=str(suite.source), counts=suite.counts())
+                  details={label: suite.prop(key) for label, key in DETAILS if suite.prop(key)},
+                  log_path=_resolve(suite.prop(LOG_KEY), suite), junit_path=str(suite.source),
+                  counts=suite.counts())
+
+
+def _resolve(log, suite):
+    """A log path from a property: relative ones are relative to the JUnit file's directory."""
+    return log if not log or os.path.isabs(log) else os.path.join(str(suite.source.parent), log)
