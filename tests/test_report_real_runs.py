@@ -308,7 +308,7 @@ def test_html_of_the_merged_report_renders_the_matrix_in_chromium(runs, merged, 
 
     # The screenshot, saved with the report, shows the matrix painted.
     width, height, pixels = read_png(png)
-    assert (width, height) == (1400, 2000) and png.stat().st_size > 50_000
+    assert width == 1400 and 2000 < height < 12000 and png.stat().st_size > 50_000   # the whole page
     counts = Counter(pixels)
     colours = [("pass", PASS_RGB), ("skip", SKIP_RGB)]
     if XFAILED in outcomes.values():

@@ -7,6 +7,7 @@ zygote, renderers), so on timeout the whole process group is killed.
 """
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 from ..errors import InfrastructureError
 
 INSTALL_HINT = "apt-get install -y chromium"
+MAX_HEIGHT = 12000   # pixels: a whole-page screenshot of a very large lab is cut here
 NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars")
@@ -46,8 +48,31 @@ def dump_dom(html_path, timeout=60):
     return _run(["--dump-dom", Path(html_path).resolve().as_uri()], timeout)
 
 
+def page_height(html_path, width=1400, timeout=60):
+    """The height in pixels of ``html_path`` laid out ``width`` wide (Chromium's CLI screenshots only the window).
+
+    Measured on a copy with a one-line script appended: the report itself has none.
+    """
+    html_path = Path(html_path)
+    with tempfile.TemporaryDirectory(prefix="pkvmlab-measure-") as tmp:
+        copy = Path(tmp) / html_path.name
+        probe = ("<script>document.documentElement.setAttribute('data-pkvmlab-height',"
+                 "String(document.documentElement.scrollHeight))</script>")
+        copy.write_text(html_path.read_text(encoding="utf-8") + probe, encoding="utf-8")
+        dom = _run([f"--window-size={width},800", "--dump-dom", copy.as_uri()], timeout)
+    found = re.search(r'data-pkvmlab-height="(\d+)"', dom)
+    if not found:
+        raise ChromiumError(f"chromium did not lay out {html_path} (no height in its DOM)")
+    return int(found.group(1))
+
+
 def screenshot(html_path, png_path, width=1400, height=1000, timeout=60):
-    """A PNG of ``html_path`` at width x height; replaces ``png_path`` atomically.  Returns its path."""
+    """A PNG of ``html_path`` at width x height (height None: the whole page, up to MAX_HEIGHT).
+
+    Replaces ``png_path`` atomically.  Returns its path.
+    """
+    if height is None:
+        height = min(MAX_HEIGHT, page_height(html_path, width, timeout) + 16)
     png_path = Path(png_path)
     png_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{png_path.name}.", suffix=".png", dir=png_path.parent)

@@ -95,7 +95,7 @@ def cmd_html(args):
     if args.screenshot:
         from ..errors import InfrastructureError
         try:
-            png = screenshot(output, output.with_suffix(".png"), height=2000)
+            png = screenshot(output, output.with_suffix(".png"), height=None)   # the whole page
         except InfrastructureError as err:
             _err(str(err))
             return EXIT_INFRA
