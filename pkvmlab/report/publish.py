@@ -1,0 +1,46 @@
+"""After a run: add it to the history and write its page, without ever failing the run.
+
+The harness calls ``publish_run`` once the run's JUnit file is in place (the
+plugin after ``pkvmlab run``, the matrix after its merge).  The JUnit file is
+the result; the history row and ``report.html`` are conveniences, so a problem
+with them is reported as a line of text and never turns a passing run into a
+failing one.
+"""
+
+import sqlite3
+from pathlib import Path
+
+from ..errors import PkvmlabError
+from .history import record_run
+from .html import render_html
+
+HISTORY_NAME = "history.sqlite"
+
+
+def publish_run(junit_path, history_db, record=True, page=None):
+    """Record ``junit_path`` in ``history_db`` (if ``record``) and write its page (default report.html beside it).
+
+    Returns the lines to show the user: what was written, or why not.
+    """
+    junit_path, history_db = Path(junit_path), Path(history_db)
+    lines = []
+    if record:
+        try:
+            points = record_run(history_db, junit_path)
+        except (PkvmlabError, OSError, sqlite3.Error) as err:
+            lines.append(f"pkvmlab: history not updated ({history_db}): {err}")
+        else:
+            lines.append(f"pkvmlab: history {history_db}: recorded {len(points)} suite"
+                         f"{'s' if len(points) != 1 else ''} of {junit_path}")
+    history = history_db if history_db.is_file() else None
+    try:
+        try:
+            written = render_html(junit_path, page, history=history)
+        except sqlite3.Error as err:       # a broken history costs the trend view, not the page
+            lines.append(f"pkvmlab: no trend view ({history_db}): {err}")
+            written = render_html(junit_path, page, history=None)
+    except (PkvmlabError, OSError, sqlite3.Error) as err:
+        lines.append(f"pkvmlab: no HTML report for {junit_path}: {err}")
+    else:
+        lines.append(f"pkvmlab: HTML report {written}")
+    return lines
