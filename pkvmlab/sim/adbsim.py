@@ -18,38 +18,21 @@ import time
 import zipfile
 from pathlib import Path
 
-if __package__:
-    from .device import (
-        ENV_DIR,
-        ENV_TIME_SCALE,
-        ENV_WAIT,
-        MODELS,
-        SimExit,
-        boot_android,
-        host_path,
-        locked,
-        select,
-        sync_root,
-        time_scale,
-        to_device_text,
-        visible,
-    )
-else:   # run as a script (pkvmlab/sim/bin/*): the sibling modules are top-level
-    from device import (
-        ENV_DIR,
-        ENV_TIME_SCALE,
-        ENV_WAIT,
-        MODELS,
-        SimExit,
-        boot_android,
-        host_path,
-        locked,
-        select,
-        sync_root,
-        time_scale,
-        to_device_text,
-        visible,
-    )
+from .device import (
+    ENV_DIR,
+    ENV_TIME_SCALE,
+    ENV_WAIT,
+    MODELS,
+    SimExit,
+    boot_android,
+    host_path,
+    locked,
+    select,
+    sync_root,
+    time_scale,
+    to_device_text,
+    visible,
+)
 
 # Absolute device paths that live in the fake root (everything else is the host's: /bin/sh, coreutils).
 _DEVICE_PATH = re.compile(r"(?<![\w.~/$-])/(?=(?:apex|data|dev|proc|sys|system|vendor|sdcard|storage|mnt|product"

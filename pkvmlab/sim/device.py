@@ -15,10 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-if __package__:
-    from . import images as simimages
-else:   # run as a script (pkvmlab/sim/bin/*): the sibling modules are top-level
-    import images as simimages
+from . import images as simimages
 
 ENV_DIR = "PKVMLAB_PIXEL_SIM"
 ENV_WAIT = "PKVMLAB_PIXEL_SIM_WAIT"
@@ -306,9 +303,10 @@ def microdroid_release(state):
 
 
 def _stub(python, name, devdir):
-    script = Path(__file__).resolve().parent / "pixel.py"
+    package_parent = Path(__file__).resolve().parents[2]     # the directory holding the pkvmlab package
     return (f"#!/bin/sh\n# pkvmlab Pixel simulator: stands in for the device's {name}\n"
-            f"exec {shlex.quote(python)} {shlex.quote(str(script))} tool {shlex.quote(str(devdir))} {name} \"$@\"\n")
+            f"PYTHONPATH={shlex.quote(str(package_parent))} exec {shlex.quote(python)} -m pkvmlab.sim.pixel "
+            f"tool {shlex.quote(str(devdir))} {name} \"$@\"\n")
 
 
 def _write_if_changed(path, text, mode=None):

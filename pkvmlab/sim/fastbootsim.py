@@ -12,39 +12,21 @@ import sys
 import time
 from pathlib import Path
 
-if __package__:
-    from . import images as simimages
-    from .device import (
-        AB_PARTITIONS,
-        ENV_WAIT,
-        MODELS,
-        PLAIN_PARTITIONS,
-        SimExit,
-        boot_android,
-        kernel_from_image,
-        load_state,
-        locked,
-        select,
-        sync_root,
-        visible,
-    )
-else:   # run as a script (pkvmlab/sim/bin/*): the sibling modules are top-level
-    from device import (
-        AB_PARTITIONS,
-        ENV_WAIT,
-        MODELS,
-        PLAIN_PARTITIONS,
-        SimExit,
-        boot_android,
-        kernel_from_image,
-        load_state,
-        locked,
-        select,
-        sync_root,
-        visible,
-    )
-
-    import images as simimages
+from . import images as simimages
+from .device import (
+    AB_PARTITIONS,
+    ENV_WAIT,
+    MODELS,
+    PLAIN_PARTITIONS,
+    SimExit,
+    boot_android,
+    kernel_from_image,
+    load_state,
+    locked,
+    select,
+    sync_root,
+    visible,
+)
 
 # --------------------------------------------------------------------------------------------- fastboot
 

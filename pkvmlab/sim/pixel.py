@@ -49,43 +49,23 @@ import json
 import sys
 from pathlib import Path
 
-if __package__:
-    from .adbsim import adb_main  # noqa: F401
-    from .device import (  # noqa: F401
-        DEFAULT_SERIAL,
-        ENV_DIR,
-        ENV_TIME_SCALE,
-        ENV_WAIT,
-        MODELS,
-        SimExit,
-        create_device,
-        device_dirs,
-        load_state,
-        locked,
-        save_state,
-        sim_dir,
-    )
-    from .fastbootsim import fastboot_main  # noqa: F401
-    from .programs import ELPROBE_RECORDING, tool_main  # noqa: F401
-else:   # run as a script by the bin/ wrappers and device stubs: load the sibling modules by path
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from adbsim import adb_main  # noqa: F401
-    from device import (  # noqa: F401
-        DEFAULT_SERIAL,
-        ENV_DIR,
-        ENV_TIME_SCALE,
-        ENV_WAIT,
-        MODELS,
-        SimExit,
-        create_device,
-        device_dirs,
-        load_state,
-        locked,
-        save_state,
-        sim_dir,
-    )
-    from fastbootsim import fastboot_main  # noqa: F401
-    from programs import ELPROBE_RECORDING, tool_main  # noqa: F401
+from .adbsim import adb_main  # noqa: F401
+from .device import (  # noqa: F401
+    DEFAULT_SERIAL,
+    ENV_DIR,
+    ENV_TIME_SCALE,
+    ENV_WAIT,
+    MODELS,
+    SimExit,
+    create_device,
+    device_dirs,
+    load_state,
+    locked,
+    save_state,
+    sim_dir,
+)
+from .fastbootsim import fastboot_main  # noqa: F401
+from .programs import ELPROBE_RECORDING, tool_main  # noqa: F401
 
 # ---------------------------------------------------------------------------------------------- admin
 

@@ -11,36 +11,20 @@ import os
 import sys
 from pathlib import Path
 
-if __package__:
-    from .device import (
-        MODELS,
-        SimExit,
-        dmesg_lines,
-        host_path,
-        kvm_up,
-        load_state,
-        locked,
-        microdroid_release,
-        properties,
-        protected_kvm,
-        sim_sleep,
-        to_device_text,
-    )
-else:   # run as a script (pkvmlab/sim/bin/*): the sibling modules are top-level
-    from device import (
-        MODELS,
-        SimExit,
-        dmesg_lines,
-        host_path,
-        kvm_up,
-        load_state,
-        locked,
-        microdroid_release,
-        properties,
-        protected_kvm,
-        sim_sleep,
-        to_device_text,
-    )
+from .device import (
+    MODELS,
+    SimExit,
+    dmesg_lines,
+    host_path,
+    kvm_up,
+    load_state,
+    locked,
+    microdroid_release,
+    properties,
+    protected_kvm,
+    sim_sleep,
+    to_device_text,
+)
 
 ELPROBE_RECORDING = Path(__file__).resolve().parent / "elprobe-protected.jsonl"
 EM_AARCH64 = 183
