@@ -64,3 +64,8 @@ def test_success_line_wins_over_not_available():
 
 def test_clean_line_strips_escapes_and_timestamps():
     assert clean_line("\x1b[6n[   12.345678] kvm [1]: x\r\n") == "kvm [1]: x"
+
+
+def test_el1_board_quotes_the_kvm_line_that_says_why():
+    facts = parse_boot_log((FIXTURES / "qemu-virt-el1-7.3.4+deb13-arm64-protected.log").read_text())
+    assert facts.kvm_line == "kvm [1]: HYP mode not available"

@@ -98,8 +98,10 @@ def parse_boot_log(text):
         if facts.kvm_line is None or facts.kvm_mode == "none":
             for regex, mode in KVM_MODE_PATTERNS:
                 if regex.search(line):
-                    # "not available" lines come in pairs; a success line always wins.
-                    if facts.kvm_mode is None or mode != "none":
+                    # "not available" lines come in pairs; a success line always wins, and of two
+                    # "none" lines the kvm [N]: one (it says why: HYP mode not available).
+                    better = mode != "none" or not (facts.kvm_line or "").startswith("kvm [")
+                    if facts.kvm_mode is None or better:
                         facts.kvm_mode, facts.kvm_line = mode, line.strip()
                     break
         _classify_problem(facts, number, line)
