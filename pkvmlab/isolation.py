@@ -200,7 +200,7 @@ def summary_properties(run):
     if read is not None:
         props["pkvmlab.pvm.host_read"] = read.describe() if read.outcome != "not_run" else "n/a"
     teardown = run.result("teardown", "protected")
-    if teardown is not None:
+    if teardown is not None and teardown.outcome != "not_run":
         later = teardown.get("content_later")
         props["pkvmlab.pvm.teardown"] = (teardown.get("content") or teardown.describe()) + \
             (f", {later} later" if later and later != teardown.get("content") else "")

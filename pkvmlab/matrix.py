@@ -9,6 +9,7 @@ table - rows kernels, columns modes - is written as Markdown and HTML.
 """
 
 import html
+import re
 import subprocess
 import sys
 import time
@@ -58,7 +59,8 @@ def cell_summary(cell):
     bad = c["failures"] + c["errors"]
     return {
         "boot_el": p.get("pkvmlab.boot_el", "?"),
-        "kvm": p.get("pkvmlab.kvm_line", p.get("pkvmlab.kvm_mode", "?")).replace("kvm [1]: ", ""),
+        "kvm": re.sub(r"^kvm \[\d+\]: | mode initialized successfully$", "",
+                      p.get("pkvmlab.kvm_line") or p.get("pkvmlab.kvm_mode", "?")),
         "create": p.get("pkvmlab.pvm.create", "n/a"),
         "host_read": p.get("pkvmlab.pvm.host_read", "n/a"),
         "teardown": p.get("pkvmlab.pvm.teardown", "n/a"),
@@ -76,8 +78,8 @@ def matrix_markdown(kernels, modes, cells):
         for mode in modes:
             s = cell_summary(cells.get((kernel, mode)))
             release = s.get("kernel", release)
-            row.append(f"{s['boot_el']}; {s['kvm']}; pVM create: {s['create']}; host read of pVM page: "
-                       f"{s['host_read']}; pVM page after teardown: {s['teardown']} ({s['verdict']})")
+            row.append(f"{s['boot_el']}, {s['kvm']}; pVM create: {s['create']}; host read of pVM page: "
+                       f"{s['host_read']}; after teardown: {s['teardown']} ({s['verdict']})")
         lines.append(f"| {kernel} ({release}) | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 

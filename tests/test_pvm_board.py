@@ -82,5 +82,5 @@ def test_matrix_writes_one_junit_and_a_table(tmp_path):
     assert {name.rsplit("/", 1)[1] for name in names} == {"protected", "default"}
     table = (matrix_dir / "matrix.md").read_text()
     assert "pVM create: ok; host read of pVM page: fault: SIGSEGV SEGV_ACCERR" in table
-    assert "VHE mode initialized successfully; pVM create: refused: EINVAL" in table
+    assert "EL2, VHE; pVM create: refused: EINVAL" in table
     assert "<table>" in (matrix_dir / "matrix.html").read_text()
