@@ -134,6 +134,9 @@ def run_matrix(args):
     inputs = [r["run_dir"] / "junit.xml" for r in results if (r["run_dir"] / "junit.xml").is_file()]
     from .report.merge import merge_junit
     merge_junit(inputs, matrix_dir / "junit.xml")
+    from .report.publish import HISTORY_NAME, publish_run
+    for line in publish_run(matrix_dir / "junit.xml", reports / HISTORY_NAME, record=False):   # cells recorded themselves
+        note(line.removeprefix("pkvmlab: "))
     print((matrix_dir / "matrix.md").read_text())
     print(f"pkvmlab: matrix report {matrix_dir / 'junit.xml'}, table {matrix_dir / 'matrix.md'} ({wall:.0f} s)")
     return 0 if all(r["exit"] == 0 for r in results) and len(inputs) == len(results) else 1

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pkvmlab.facts.console import clean_line, parse_boot_log
+from pkvmlab.facts.console import clean_line, excerpt, parse_boot_log
 
 FIXTURES = Path(__file__).parent / "fixtures" / "console"
 
@@ -69,3 +69,14 @@ def test_clean_line_strips_escapes_and_timestamps():
 def test_el1_board_quotes_the_kvm_line_that_says_why():
     facts = parse_boot_log((FIXTURES / "qemu-virt-el1-7.3.4+deb13-arm64-protected.log").read_text())
     assert facts.kvm_line == "kvm [1]: HYP mode not available"
+
+
+def test_excerpt_shows_the_evidence_lines_and_the_end():
+    text = (FIXTURES / "qemu-virt-7.3.4+deb13-arm64-protected-hvhe.log").read_text()
+    facts = parse_boot_log(text)
+    lines, note = excerpt(text, around=facts.evidence.values(), context=1, last=2)
+    assert any("CPU: All CPU(s) started at EL2" in line for line in lines)
+    assert any("Protected hVHE mode initialized successfully" in line for line in lines)
+    assert lines.count("[...]") >= 2 and len(lines) <= 3 + 3 + 2 + 3
+    assert note.startswith(f"lines around {min(facts.evidence.values())}, ")
+    assert note.endswith(f"the last 2 of {len(text.splitlines())} lines")

@@ -90,7 +90,8 @@ def test_wrong_expectation_fails_saying_expected_vs_measured(tmp_path):
     failure = cases["test_boot_el"].find("failure")
     assert failure is not None
     assert "expected every CPU to start at EL1, the kernel says EL2" in failure.get("message")
-    assert "console: last" in cases["test_boot_el"].find("system-out").text
+    out = cases["test_boot_el"].find("system-out").text
+    assert "(where the boot facts were read)" in out and "CPU: All CPU(s) started at EL2" in out
     assert cases["test_dev_kvm_matches_el2"].find("failure") is None   # the other checks still judge
 
 

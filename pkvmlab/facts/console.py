@@ -65,6 +65,7 @@ class BootFacts:
     pkvm_fallback: bool = False      # asked for protected, kernel fell back to VHE
     problems: list = field(default_factory=list)
     benign: list = field(default_factory=list)
+    evidence: dict = field(default_factory=dict)     # fact -> line number it was read from (1-based)
 
     @property
     def kvm_arm_mode(self):
@@ -91,8 +92,10 @@ def parse_boot_log(text):
             facts.cmdline = match.group(1).strip()
         if match := _BOOT_EL.search(line):
             facts.boot_el = match.group(1)
+            facts.evidence["boot_el"] = number
         elif _MIXED_EL.search(line):
             facts.boot_el = "mixed"
+            facts.evidence["boot_el"] = number
         if _PKVM_FALLBACK.search(line):
             facts.pkvm_fallback = True
         if facts.kvm_line is None or facts.kvm_mode == "none":
@@ -103,6 +106,7 @@ def parse_boot_log(text):
                     better = mode != "none" or not (facts.kvm_line or "").startswith("kvm [")
                     if facts.kvm_mode is None or better:
                         facts.kvm_mode, facts.kvm_line = mode, line.strip()
+                        facts.evidence["kvm_mode"] = number
                     break
         _classify_problem(facts, number, line)
     return facts
@@ -122,3 +126,26 @@ def _classify_problem(facts, number, line):
 def tail(text, lines=30):
     """The last ``lines`` cleaned lines of a console log, for error messages."""
     return "\n".join(clean_line(line) for line in text.splitlines()[-lines:])
+
+
+def excerpt(text, around=(), context=3, last=10):
+    """Lines of a console log for a failure report: ``context`` lines either side of each line
+    number in ``around`` (the lines a fact was read from) and the last ``last`` lines.
+
+    Returns (lines, note); the note says which lines these are, since a check that
+    judges a boot fact printed nothing while it ran and its evidence is far back.
+    """
+    lines = [line.rstrip("\r") for line in text.splitlines()]
+    keep = set(range(max(0, len(lines) - last), len(lines)))
+    for number in around:
+        keep.update(range(max(0, number - 1 - context), min(len(lines), number + context)))
+    out, previous = [], None
+    for index in sorted(keep):
+        if previous is not None and index != previous + 1:
+            out.append("[...]")
+        out.append(lines[index])
+        previous = index
+    shown = ", ".join(str(n) for n in sorted(around))
+    note = (f"lines around {shown} (where the boot facts were read) and " if around else "") + \
+        f"the last {min(last, len(lines))} of {len(lines)} lines"
+    return out, note

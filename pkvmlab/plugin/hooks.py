@@ -118,14 +118,17 @@ def pytest_runtest_makereport(item, call):
     if call.when == "setup":
         item.stash[_CONSOLE_MARK_KEY] = _console_size(session)
     if report.failed and session is not None and session.console_log is not None:
+        from ..facts.console import excerpt
         start = item.stash.get(_CONSOLE_MARK_KEY, 0)
         text = _console_since(session.console_log.path, start)
-        if not text.strip():
-            text = session.console_log.tail(30)
-        lines = text.replace("\r", "").splitlines()
-        trimmed = lines[-60:]
-        note = f"[console: last {len(trimmed)} of {len(lines)} lines; full log: {session.console_log.path}]"
-        report.sections.append(("Captured stdout console", "\n".join([note, *trimmed]) + "\n"))
+        if text.strip():
+            shown, what = excerpt(text, last=60)
+            what = f"printed during the test: {what}"
+        else:   # a check of boot facts: show where they were read, and how the log ends
+            evidence = session.facts.evidence.values() if session.facts else ()
+            shown, what = excerpt(session.console_log.text(), around=evidence)
+        note = f"[console: {what}; full log: {session.console_log.path}]"
+        report.sections.append(("Captured stdout console", "\n".join([note, *shown]) + "\n"))
         xml = item.config.stash.get(xml_key, None)
         if xml is not None:
             xml.add_global_property(f"{item.name}.console_log", "console.log")
@@ -202,8 +205,10 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
         return result
     os.replace(run.junit_partial, run.junit_final)
+    from ..report.publish import HISTORY_NAME, publish_run
+    published = publish_run(run.junit_final, run.reports_dir / HISTORY_NAME)
     log = f"console log {run.run_dir / 'console.log'}" if run.has_console else f"kernel log {run.run_dir / 'dmesg.txt'}"
-    run.final_message = f"pkvmlab: report {run.junit_final} ({log})"
+    run.final_message = "\n".join([*published, f"pkvmlab: report {run.junit_final} ({log})"])
     return result
 
 

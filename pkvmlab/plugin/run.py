@@ -101,6 +101,7 @@ class RunState:
         run_dir = reports / run_id
         run_dir.mkdir(parents=True, exist_ok=bool(option.pkvmlab_run_id))
         state = cls(board, image_set, provisioned, run_dir, run_id, option.pkvmlab_kernel_suite)
+        state.reports_dir = reports
         if provisioned:
             (run_dir / "images.json").write_text(json.dumps(provisioned.record, indent=2, sort_keys=True) + "\n")
         return state
