@@ -135,7 +135,8 @@ def run_matrix(args):
     from .report.merge import merge_junit
     merge_junit(inputs, matrix_dir / "junit.xml")
     from .report.publish import HISTORY_NAME, publish_run
-    for line in publish_run(matrix_dir / "junit.xml", reports / HISTORY_NAME, record=False):   # cells recorded themselves
+    # The cells recorded themselves in the history: publish the page only.
+    for line in publish_run(matrix_dir / "junit.xml", reports / HISTORY_NAME, record=False):
         note(line.removeprefix("pkvmlab: "))
     print((matrix_dir / "matrix.md").read_text())
     print(f"pkvmlab: matrix report {matrix_dir / 'junit.xml'}, table {matrix_dir / 'matrix.md'} ({wall:.0f} s)")

@@ -79,6 +79,13 @@ def test_kernel_package_not_in_suite_names_both(tmp_path):
         provision(load_image_set(path), cache=Cache(tmp_path / "cache"))
 
 
+def test_suite_not_on_the_mirror_is_named(tmp_path):
+    path = tmp_path / "set.yaml"
+    path.write_text("name: s\nkernel:\n  debian: {package: linux-image-arm64, suite: nosuch}\n")
+    with pytest.raises(ImageError, match=r"Debian suite 'nosuch' not found on \S+ \(the mirror has no Release file"):
+        provision(load_image_set(path), cache=Cache(tmp_path / "cache"))
+
+
 def test_warm_provisioning_needs_no_network(monkeypatch):
     """Cold (or already warm) once with the real mirror, then again with the mirror unreachable."""
     image_set = load_image_set("qemu-arm64")

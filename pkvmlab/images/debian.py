@@ -24,6 +24,8 @@ from ..errors import ImageError, InfrastructureError
 from .progress import Progress, note
 
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+# apt-get update's words for a suite the mirror does not have.
+_NO_RELEASE_FILE = re.compile(r"The repository '\S+ (\S+) Release' does not have a Release file")
 _DEBIAN_SUITE = re.compile(
     r"^(buster|bullseye|bookworm|trixie|forky|duke|sid|unstable|testing|stable)(-updates|-backports)?$")
 
@@ -123,7 +125,13 @@ class DebianArchive:
         (self.root / "sources.list").write_text("\n".join(lines) + "\n")
         note(f"updating arm64 package lists for {', '.join(self.suites)} from {self.mirror}")
         proc = subprocess.run(["apt-get", *self._options(), "-q", "update"], capture_output=True, text=True)
-        errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith(("E:", "W:", "Err:"))]
+        output = proc.stdout + proc.stderr
+        missing = sorted(set(_NO_RELEASE_FILE.findall(output)) & set(self.suites))
+        if missing:
+            raise ImageError(f"Debian suite {', '.join(repr(s) for s in missing)} not found on {self.mirror} "
+                             "(the mirror has no Release file for it): check the image set's kernel.debian.suite, "
+                             "busybox suite or --kernel-suite")
+        errors = [line for line in output.splitlines() if line.startswith(("E:", "W:", "Err:"))]
         if proc.returncode != 0 or any(line.startswith(("E:", "Err:")) for line in errors):
             raise InfrastructureError(f"apt-get update for {self.mirror} ({', '.join(self.suites)}) failed:\n"
                                       + "\n".join(errors[-10:] or [proc.stderr[-2000:]]))

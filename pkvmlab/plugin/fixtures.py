@@ -4,7 +4,6 @@ import pytest
 from _pytest.junitxml import xml_key
 
 
-
 @pytest.fixture(scope="session")
 def pkvmlab_run(request):
     from .hooks import RUN_KEY

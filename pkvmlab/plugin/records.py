@@ -16,7 +16,7 @@ def start_records(run):
     """Open the audit log for a board driven by adb/fastboot; None for other boards."""
     if run.board.kind not in DEVICE_TOOL_KINDS:
         return None
-    from ..lab.audit import start_audit_log     # imports labgrid: not at plugin load
+    from ..lab.audit import start_audit_log  # imports labgrid: not at plugin load
     return start_audit_log(run.run_dir / "audit.log")
 
 
