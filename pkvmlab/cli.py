@@ -8,6 +8,10 @@
 """
 
 import argparse
+import atexit
+import logging
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -162,5 +166,34 @@ def main(argv=None):
         return 130
 
 
+def entry():
+    """The console script: ``main()``, then exit without tearing the interpreter down.
+
+    A run leaves nothing for interpreter finalisation to do but free the objects
+    of pytest, labgrid and the run one by one (measured: 0.15-0.2 s, about 5 % of a
+    board run).  The atexit handlers still run (labgrid's targets stop whatever
+    they still drive), logs and standard streams are flushed, then the process
+    ends with the run's exit code.
+    """
+    try:
+        code = main()
+        sys.stdout.flush()
+    except SystemExit as exc:    # argparse errors and --help
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
+        if exc.code is not None and not isinstance(exc.code, int):
+            print(exc.code, file=sys.stderr)
+    except BrokenPipeError:      # `pkvmlab boards | head`: the reader left; end quietly, as SIGPIPE would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 128 + signal.SIGPIPE
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -1,5 +1,6 @@
 """pytest hooks of the pkvmlab plugin: options, run set-up, JUnit finishing, per-board selection."""
 
+import gc
 import json
 import os
 import signal
@@ -86,6 +87,11 @@ def pytest_report_header(config):
 
 def pytest_sessionstart(session):
     run = session.config.stash.get(RUN_KEY, None)
+    if run is not None:
+        # A board run is one short process: what pytest, labgrid and the plugins built at start-up
+        # lives until it ends.  Frozen, those objects are not walked again by every collection
+        # (pytest itself runs several at the end): measured 0.05 s of a 3.5 s run.
+        gc.freeze()
     xml = session.config.stash.get(xml_key, None)
     if run is None or xml is None:
         return
