@@ -33,7 +33,6 @@ Config:
 
 import enum
 import functools
-import hashlib
 import os
 import shutil
 import tempfile
@@ -47,7 +46,9 @@ from labgrid.step import step
 from labgrid.strategy.common import Strategy, StrategyError
 
 from ..errors import ConfigError, DeviceError, ImageError
+from ..images.cache import sha256_file
 from . import adbdriver, androidresource, fastbootdriver  # noqa: F401  (register what the bindings name)
+from .strategystate import parse_status
 
 # The partitions pkvmlab may write, in the order it writes them; image-set keys use these names.
 PARTITIONS = ("boot", "init_boot", "vendor_boot", "vendor_kernel_boot", "dtbo")
@@ -87,24 +88,6 @@ class Status(enum.Enum):
     flashed = 3
     android = 4
     root = 5
-
-
-def parse_status(status):
-    if isinstance(status, Status):
-        return status
-    try:
-        return Status[status]
-    except KeyError:
-        valid = ", ".join(s.name for s in Status if s is not Status.unknown)
-        raise StrategyError(f"unknown state '{status}'; valid states: {valid}") from None
-
-
-def sha256_file(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -204,7 +187,7 @@ class AndroidStrategy(Strategy):
     @never_retry
     @step(args=["status"])
     def transition(self, status, *, step):  # pylint: disable=redefined-outer-name
-        status = parse_status(status)
+        status = parse_status(Status, status)
         if status == Status.unknown:
             raise StrategyError(f"can not transition to {status.name}")
         if status == self.status:
@@ -338,7 +321,7 @@ class AndroidStrategy(Strategy):
     @never_retry
     @step(args=["status"])
     def force(self, status, *, step):  # pylint: disable=redefined-outer-name
-        status = parse_status(status)
+        status = parse_status(Status, status)
         if status in (Status.android, Status.root):
             self.target.activate(self.adb)
         elif status in (Status.bootloader, Status.flashed):

@@ -21,6 +21,7 @@ from labgrid.strategy.common import Strategy, StrategyError, never_retry
 from pexpect import EOF, TIMEOUT
 
 from ..errors import BootError
+from .strategystate import parse_status
 
 # Seen on the console: the boot cannot end in a shell any more.
 BOOT_FAILURES = (
@@ -33,17 +34,6 @@ class Status(enum.Enum):
     unknown = 0
     off = 1
     shell = 2
-
-
-def parse_status(status):
-    """A Status from a name, listing the valid ones when the name is wrong."""
-    if isinstance(status, Status):
-        return status
-    try:
-        return Status[status]
-    except KeyError:
-        valid = ", ".join(s.name for s in Status if s is not Status.unknown)
-        raise StrategyError(f"unknown state '{status}'; valid states: {valid}") from None
 
 
 @target_factory.reg_driver
@@ -66,7 +56,7 @@ class BootShellStrategy(Strategy):
     @never_retry
     @step(args=["status"])
     def transition(self, status, *, step):  # pylint: disable=redefined-outer-name
-        status = parse_status(status)
+        status = parse_status(Status, status)
         if status == Status.unknown:
             raise StrategyError(f"can not transition to {status.name}")
         if status == self.status:
@@ -118,7 +108,7 @@ class BootShellStrategy(Strategy):
     @never_retry
     @step(args=["status"])
     def force(self, status, *, step):  # pylint: disable=redefined-outer-name
-        status = parse_status(status)
+        status = parse_status(Status, status)
         if status == Status.off:
             self.target.activate(self.power)
         elif status == Status.shell:
