@@ -72,6 +72,10 @@ def test_qemu_virt_boots_pkvm_and_passes(tmp_path):
     assert "Protected" in log.read_text() and "pkvmlab# " in log.read_text()
     assert (run_dir / "images.json").is_file()
     assert not list(run_dir.glob(".*partial"))
+    # The terminal says the board is booting, then how it came up (the same facts as the JUnit).
+    assert f"pkvmlab: booting qemu-virt to 'shell' (boot timeout 60 s; console log {log})" in proc.stdout
+    assert (f"pkvmlab: qemu-virt ready in {float(props['pkvmlab.boot_seconds']):.1f} s: kernel "
+            f"{props['pkvmlab.kernel_release']}, boot EL2, KVM {props['pkvmlab.kvm_mode']}") in proc.stdout
 
 
 def test_qemu_virt_el1_passes_with_el1_expectations(tmp_path):

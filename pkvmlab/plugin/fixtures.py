@@ -53,11 +53,18 @@ def booted(request, pkvmlab_run, target):
     session = BoardSession(board=run.board, target=target, strategy=strategy, run_dir=run.run_dir,
                            provisioned=run.provisioned, console_log=console_log)
     run.session = session
+    say = _terminal_line(request.config)
+    log_path = f"; console log {console_log.path}" if console_log is not None else ""
+    say(f"pkvmlab: booting {run.board.name} to '{run.board.ready_state}' "
+        f"(boot timeout {run.board.boot_timeout:.0f} s{log_path})")
     try:
         strategy.transition(run.board.ready_state)
         if session.boot_seconds is not None:
             add_property("pkvmlab.boot_seconds", f"{session.boot_seconds:.3f}")
         facts = session.collect_facts()
+        took = f" in {session.boot_seconds:.1f} s" if session.boot_seconds is not None else ""
+        say(f"pkvmlab: {run.board.name} ready{took}: kernel {session.runtime.release or facts.kernel_release}, "
+            f"boot {facts.boot_el or 'EL unknown'}, KVM {facts.kvm_mode or 'unknown'}")
         add_property("pkvmlab.kernel_release", session.runtime.release or facts.kernel_release)
         add_property("pkvmlab.boot_el", facts.boot_el or "unknown")
         add_property("pkvmlab.kvm_mode", facts.kvm_mode or "unknown")
@@ -69,6 +76,23 @@ def booted(request, pkvmlab_run, target):
     finally:
         if console_log is not None:
             console_log.close()
+
+
+def _terminal_line(config):
+    """A writer of whole lines to the terminal, past pytest's capture: a lab engineer watching a
+    board that takes a minute to boot sees that it is booting, and how it came up."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None:
+        return lambda text: None
+
+    def say(text):
+        if capture is None:
+            reporter.write_line(text)
+            return
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(text)
+    return say
 
 
 def _name_suite_after_boot(config, run, session, facts):
