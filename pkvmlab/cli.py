@@ -178,10 +178,11 @@ def entry():
     try:
         code = main()
         sys.stdout.flush()
-    except SystemExit as exc:    # argparse errors and --help
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
-        if exc.code is not None and not isinstance(exc.code, int):
-            print(exc.code, file=sys.stderr)
+    except SystemExit as exc:    # argparse errors and --help; a message instead of a code means 1, as in Python
+        code = exc.code or 0
+        if not isinstance(code, int):
+            print(code, file=sys.stderr)
+            code = EXIT_FAILED
     except BrokenPipeError:      # `pkvmlab boards | head`: the reader left; end quietly, as SIGPIPE would
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 128 + signal.SIGPIPE
