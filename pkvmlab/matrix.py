@@ -68,9 +68,8 @@ def cell_summary(cell):
         "host_read": p.get("pkvmlab.pvm.host_read", "n/a"),
         "teardown": p.get("pkvmlab.pvm.teardown", "n/a"),
         "kernel": p.get("pkvmlab.kernel_release", "?"),
-        "verdict": f"{c['tests'] - bad - c['skipped']} pass, "
-                   + (f"{c['known']} known, " if c.get("known") else "")
-                   + f"{c['skipped'] - c.get('known', 0)} skip, {bad} fail",
+        "verdict": f"{c['tests'] - bad - c['skipped']} pass, " + (f"{c['known']} known, " if c["known"] else "")
+                   + f"{c['skipped'] - c['known']} skip, {bad} fail",
     }
 
 
