@@ -7,10 +7,11 @@ expectations, so a wrong expectation shows up as a failing test that says
 expected vs measured.  This module knows nothing of labgrid or pytest.
 """
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UnknownNameError
+from .errors import ConfigError, UnknownNameError
 from .facts.probe import PROBES, VM_TYPES
 from .yamlfile import Field, check_fields, load_yaml, raise_if_problems
 
@@ -25,6 +26,26 @@ _EXPECT_SCHEMA = {
     "pvm": Field((bool,), required=True),
     "avf": Field((bool,)),
     "known_findings": Field((dict,)),
+    "emulator_artifacts": Field((dict,)),
+}
+_ARTIFACT_SCHEMA = {
+    "qemu_below": Field((str,), required=True),
+    "kvm_mode": Field((str,), choices=KVM_MODES),
+    "reason": Field((str,), required=True),
+    "reference": Field((str,), required=True),
+}
+
+# What QEMU's CPU models offer that decides the KVM mode (measured on QEMU 7.2 and 10.0 with Debian's
+# 7.3 kernel): ``max`` has VHE (kvm-arm.mode=protected gives protected hVHE, the default gives VHE);
+# ``cortex-a72`` is Armv8.0 without VHE (protected gives protected nVHE, as on most Android phones,
+# and the default gives nVHE).  VHE is an Armv8.1 feature (Arm ARM, FEAT_VHE).  cortex-a57 hangs in
+# protected mode under TCG (README, Boards).
+CPU_HAS_VHE = {"max": True, "cortex-a72": False, "cortex-a57": False, "cortex-a53": False}
+
+_EMULATOR_SCHEMA = {
+    "cpu": Field((str,), required=True),
+    "qemu_min_version": Field((str,)),
+    "why": Field((str,)),
 }
 
 _BOARD_SCHEMA = {
@@ -37,8 +58,32 @@ _BOARD_SCHEMA = {
     "kernel_args": Field((str,)),
     "boot_timeout": Field((int, float)),
     "ready_state": Field((str,)),
+    "emulator": Field((dict,), schema=_EMULATOR_SCHEMA),
     "expect": Field((dict,), required=True, schema=_EXPECT_SCHEMA),
 }
+
+
+@dataclass(frozen=True)
+class EmulatorArtifact:
+    """A failure the emulator causes, not the board: where it shows (QEMU below a version, a KVM mode)."""
+
+    qemu_below: str
+    reason: str
+    reference: str
+    kvm_mode: str = None
+
+    def applies(self, qemu_version, kvm_mode):
+        if qemu_version is None or _version(qemu_version) >= _version(self.qemu_below):
+            return False
+        return self.kvm_mode is None or self.kvm_mode == kvm_mode
+
+    @property
+    def scope(self):
+        return f"QEMU < {self.qemu_below}" + (f", {self.kvm_mode}" if self.kvm_mode else "")
+
+
+def _version(text):
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
 
 
 @dataclass(frozen=True)
@@ -50,9 +95,23 @@ class Expectations:
     # "<probe>/<vm>" -> why: a failure of that pvm check is a documented finding on this
     # board (reported as xfail with the measured values), not a new regression.
     known_findings: tuple = ()
+    # "<probe>/<vm>" -> EmulatorArtifact: a failure of that check that the emulator explains
+    # (measured under one QEMU version and not another), never counted as the board's.
+    emulator_artifacts: tuple = ()
 
     def known_finding(self, probe, vm):
         return dict(self.known_findings).get(f"{probe}/{vm}")
+
+    def emulator_artifact(self, probe, vm, qemu_version, kvm_mode):
+        """The artifact that explains a failure of ``probe/vm`` on this emulator and KVM mode, or None."""
+        artifact = dict(self.emulator_artifacts).get(f"{probe}/{vm}")
+        if artifact is None or not artifact.applies(qemu_version, kvm_mode):
+            return None
+        return artifact
+
+    def artifact_for(self, probe, vm):
+        return dict(self.emulator_artifacts).get(f"{probe}/{vm}")
+
 
     @property
     def dev_kvm(self):
@@ -63,6 +122,29 @@ class Expectations:
         if self.kvm_mode == "protected":
             return measured is not None and measured.startswith("protected-")
         return measured == self.kvm_mode
+
+
+@dataclass(frozen=True)
+class EmulatorSpec:
+    """What a QEMU board asks of its emulator: the CPU model, and the oldest QEMU it trusts."""
+
+    cpu: str
+    qemu_min_version: str = None
+
+    @property
+    def cpu_model(self):
+        return self.cpu.split(",", 1)[0]
+
+    @property
+    def has_vhe(self):
+        return CPU_HAS_VHE.get(self.cpu_model)
+
+
+def check_cpu(cpu, where):
+    """ConfigError unless ``cpu`` is a CPU model whose KVM behaviour we know (the expectations depend on it)."""
+    model = cpu.split(",", 1)[0]
+    if model not in CPU_HAS_VHE:
+        raise ConfigError(where, [f"{where}: unknown CPU model '{model}'. Available: {', '.join(CPU_HAS_VHE)}"])
 
 
 @dataclass(frozen=True)
@@ -78,6 +160,7 @@ class Board:
     kernel_args: str = ""
     boot_timeout: float = 60.0
     ready_state: str = "shell"
+    emulator: EmulatorSpec = None
 
     @property
     def kvm_arm_mode(self):
@@ -128,16 +211,52 @@ def load_board_file(path, root=None):
                 problems.append(f"{where}: not a pvm check; valid: {', '.join(valid)}")
             if not isinstance(why, str) or not why.strip():
                 problems.append(f"{where}: give the reason as text")
+    artifacts = _load_artifacts(path, expect, problems)
+    emulator = data.get("emulator")
+    if isinstance(emulator, dict):
+        cpu = emulator.get("cpu")
+        if isinstance(cpu, str) and cpu.split(",", 1)[0] not in CPU_HAS_VHE:
+            problems.append(f"{path}:{emulator.line_of('cpu')}: emulator.cpu: unknown CPU model "
+                            f"'{cpu.split(',', 1)[0]}'. Available: {', '.join(CPU_HAS_VHE)}")
+        minimum = emulator.get("qemu_min_version")
+        if isinstance(minimum, str) and not re.fullmatch(r"\d+(\.\d+){0,2}", minimum):
+            problems.append(f"{path}:{emulator.line_of('qemu_min_version')}: emulator.qemu_min_version: "
+                            f"give a version such as \"10.0\" (got {minimum!r})")
     raise_if_problems(path, problems)
     return Board(
         name=data["name"], path=path, soc=data["soc"], kind=data["kind"], env=env_path,
         description=data.get("description", ""), image_set=data.get("image_set"),
         kernel_args=data.get("kernel_args", ""), boot_timeout=float(timeout),
         ready_state=data.get("ready_state", "shell"),
+        emulator=EmulatorSpec(cpu=emulator["cpu"], qemu_min_version=emulator.get("qemu_min_version"))
+        if isinstance(emulator, dict) else None,
         expect=Expectations(boot_el=expect["boot_el"], kvm_mode=expect["kvm_mode"],
                             pvm=expect["pvm"], avf=expect.get("avf", False),
-                            known_findings=tuple(sorted((expect.get("known_findings") or {}).items()))),
+                            known_findings=tuple(sorted((expect.get("known_findings") or {}).items())),
+                            emulator_artifacts=tuple(sorted(artifacts.items()))),
     )
+
+
+def _load_artifacts(path, expect, problems):
+    """``expect.emulator_artifacts`` as {check: EmulatorArtifact}; problems appended to ``problems``."""
+    artifacts = {}
+    if not (isinstance(expect, dict) and isinstance(expect.get("emulator_artifacts"), dict)):
+        return artifacts
+    entries = expect["emulator_artifacts"]
+    valid = [f"{p}/{v}" for p in PROBES for v in VM_TYPES]
+    for key, entry in entries.items():
+        where = f"{path}:{entries.line_of(key)}: expect.emulator_artifacts.{key}"
+        if key not in valid:
+            problems.append(f"{where}: not a pvm check; valid: {', '.join(valid)}")
+        if not isinstance(entry, dict):
+            problems.append(f"{where}: give qemu_below, reason and reference")
+            continue
+        found = check_fields(path, entry, _ARTIFACT_SCHEMA, prefix=f"expect.emulator_artifacts.{key}.")
+        problems.extend(found)
+        if not found:
+            artifacts[key] = EmulatorArtifact(qemu_below=entry["qemu_below"], reason=entry["reason"],
+                                              reference=entry["reference"], kvm_mode=entry.get("kvm_mode"))
+    return artifacts
 
 
 def load_board(name_or_path, root=None):

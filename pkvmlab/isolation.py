@@ -182,8 +182,18 @@ def _teardown(vm, ctx, result):
     return Verdict(PASS, f"after teardown the host reads {seen}")
 
 
+def _teardown_min(vm, ctx, result):
+    if result.outcome != "ok":
+        return Verdict(FAIL, f"the minimal {vm} teardown reproducer did not complete: {result.describe()}")
+    pages = ", ".join(f"{key} {result.get(key)}" for key in ("private_data", "private_code", "shared_data",
+                                                            "shared_code"))
+    if vm == "protected" and result.get("content") == "guest_pattern":
+        return Verdict(FAIL, f"the minimal protected guest's data survived teardown ({pages})")
+    return Verdict(PASS, f"after teardown: {pages}")
+
+
 _RULES = {"create": _create, "guest_el": _guest_el, "host_read": _host_read, "hypercalls": _hypercalls,
-          "teardown": _teardown}
+          "teardown": _teardown, "teardown_min": _teardown_min}
 
 
 def summary_properties(run):
@@ -204,6 +214,9 @@ def summary_properties(run):
         later = teardown.get("content_later")
         props["pkvmlab.pvm.teardown"] = (teardown.get("content") or teardown.describe()) + \
             (f", {later} later" if later and later != teardown.get("content") else "")
+    minimal = run.result("teardown_min", "protected")
+    if minimal is not None and minimal.outcome != "not_run":
+        props["pkvmlab.pvm.teardown_min"] = minimal.get("content") or minimal.describe()
     control = run.result("host_read", "normal")
     if control is not None:
         props["pkvmlab.pvm.control_read"] = control.describe()

@@ -7,7 +7,7 @@
  *
  * Usage:  elprobe [--timeout SECONDS] [--vm normal|protected|both] [probe ...]
  *         elprobe --help | --version
- *   probes: create guest_el host_read hypercalls teardown   (default: all)
+ *   probes: create guest_el host_read hypercalls teardown teardown_min   (default: all)
  *   --timeout: wall-clock limit per VM (default 30 s).  Each VM type runs in
  *   its own forked child; the parent kills a child that overruns and reports
  *   the probes it did not finish, so the binary never hangs and never loses
@@ -54,6 +54,14 @@
  *   TEARDOWN_REREAD_MS) values: zeroed (all 0), guest_pattern (what the guest
  *   wrote), host_fill (what the host wrote before the guest ran: the guest's
  *   writes were lost), other (anything else; "first_qword" shows it).
+ *
+ * teardown_min: the smallest reproducer of a teardown leak, apart from the
+ *   probe's main VM: for MAP_PRIVATE and then MAP_SHARED anonymous memory, a
+ *   fresh VM of the same type with a two-page memslot whose guest stores the
+ *   pattern into the second page and exits through MMIO; no host access while
+ *   it lives; the VM is destroyed and the host reads both pages.  Fields:
+ *   "<private|shared>_data" and "<private|shared>_code" (zeroed, guest_pattern,
+ *   intact, other, fault), "content" (guest_pattern if any data page kept it).
  *
  * GUEST: a few aarch64 instructions written as raw 32-bit words into the
  * memslot (MMU off, EL1h, DAIF masked).  Memory map (guest physical):
@@ -105,7 +113,7 @@
 #include <unistd.h>
 #include <linux/kvm.h>
 
-#define ELPROBE_VERSION "1.0"
+#define ELPROBE_VERSION "1.1"
 
 #ifndef KVM_VM_TYPE_ARM_PROTECTED
 #define KVM_VM_TYPE_ARM_PROTECTED (1UL << 31)
@@ -138,8 +146,9 @@
 #define TEARDOWN_REREAD_MS 500
 #define MAX_EXCEPTIONS 16
 
-enum { P_CREATE, P_GUEST_EL, P_HOST_READ, P_HYPERCALLS, P_TEARDOWN, NPROBES };
-static const char *const probe_names[NPROBES] = {"create", "guest_el", "host_read", "hypercalls", "teardown"};
+enum { P_CREATE, P_GUEST_EL, P_HOST_READ, P_HYPERCALLS, P_TEARDOWN, P_TEARDOWN_MIN, NPROBES };
+static const char *const probe_names[NPROBES] = {"create", "guest_el", "host_read", "hypercalls", "teardown",
+						 "teardown_min"};
 
 enum { VM_NORMAL, VM_PROTECTED };
 static const char *const vm_names[2] = {"normal", "protected"};
@@ -692,6 +701,128 @@ static void emit_hypercalls(struct jbuf *j, int vm, const struct guestlog *g, lo
 	jemit(j, out);
 }
 
+/* One minimal VM: returns NULL and fills data/code, or the step that failed (errno in *err). */
+static const char *minimal_vm(int kvm, unsigned long type, int shared, long long deadline,
+			      const char **data, const char **code, long long *destroy_ms, int *err)
+{
+	long page = sysconf(_SC_PAGESIZE);
+	size_t size = 2 * (size_t)page;
+	uint8_t *mem = mmap(NULL, size, PROT_READ | PROT_WRITE, (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_ANONYMOUS,
+			    -1, 0);
+	*err = 0;
+	if (mem == MAP_FAILED) {
+		*err = errno;
+		return "mmap(memslot)";
+	}
+	struct asmbuf a = {(uint32_t *)mem, 0, (unsigned)(page / 4), 0};
+	emit_mov64(&a, 28, MMIO_GPA);
+	emit_mov64(&a, 25, SLOT_GPA + (uint64_t)page);
+	emit_mov64(&a, 24, GUEST_PATTERN);
+	for (unsigned k = 0; k < DATA_QWORDS; k++)
+		emit(&a, enc_str(24, 25, 8 * k));
+	emit(&a, enc_str(28, 28, PORT_DONE));
+	emit(&a, enc_b(0));
+	uint32_t first_word = ((uint32_t *)mem)[0];
+	int vmfd, vcpu = -1, mmap_size = 0;
+	struct kvm_run *run = MAP_FAILED;
+	const char *step = NULL;
+	do
+		vmfd = ioctl(kvm, KVM_CREATE_VM, type);
+	while (vmfd < 0 && errno == EINTR);
+	if (vmfd < 0) {
+		*err = errno;
+		munmap(mem, size);
+		return "KVM_CREATE_VM";
+	}
+	struct kvm_userspace_memory_region region = {
+		.slot = 0, .guest_phys_addr = SLOT_GPA, .memory_size = size, .userspace_addr = (uint64_t)(uintptr_t)mem,
+	};
+	struct kvm_vcpu_init init;
+	memset(&init, 0, sizeof(init));
+	uint64_t pc = SLOT_GPA, pstate = 0x3c5;
+	struct kvm_one_reg reg_pc = {
+		.id = KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_CORE | (offsetof(struct kvm_regs, regs.pc) / 4),
+		.addr = (uint64_t)(uintptr_t)&pc,
+	};
+	struct kvm_one_reg reg_pstate = {
+		.id = KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_CORE | (offsetof(struct kvm_regs, regs.pstate) / 4),
+		.addr = (uint64_t)(uintptr_t)&pstate,
+	};
+	static struct guestlog g;
+	memset(&g, 0, sizeof(g));
+	if (a.overflow)
+		step = "build guest code";
+	else if (ioctl(vmfd, KVM_SET_USER_MEMORY_REGION, &region) < 0)
+		step = "KVM_SET_USER_MEMORY_REGION";
+	else if ((vcpu = ioctl(vmfd, KVM_CREATE_VCPU, 0)) < 0)
+		step = "KVM_CREATE_VCPU";
+	else if ((mmap_size = ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0)) <= 0)
+		step = "KVM_GET_VCPU_MMAP_SIZE";
+	else if ((run = mmap(NULL, (size_t)mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu, 0)) == MAP_FAILED)
+		step = "mmap(kvm_run)";
+	else if (ioctl(vmfd, KVM_ARM_PREFERRED_TARGET, &init) < 0)
+		step = "KVM_ARM_PREFERRED_TARGET";
+	else if (ioctl(vcpu, KVM_ARM_VCPU_INIT, &init) < 0)
+		step = "KVM_ARM_VCPU_INIT";
+	else if (ioctl(vcpu, KVM_SET_ONE_REG, &reg_pc) < 0 || ioctl(vcpu, KVM_SET_ONE_REG, &reg_pstate) < 0)
+		step = "KVM_SET_ONE_REG";
+	if (step)
+		*err = errno;
+	else if (run_guest(vcpu, run, &g, deadline) < 0)
+		step = g.stop_detail ? g.stop_detail : "KVM_RUN";
+	long long t = now_ms();
+	if (run != MAP_FAILED)
+		munmap(run, (size_t)mmap_size);
+	if (vcpu >= 0)
+		close(vcpu);
+	close(vmfd);
+	*destroy_ms = now_ms() - t;
+	if (!step) {
+		struct readout rd, rc;
+		guarded_read((const volatile uint64_t *)(mem + page), DATA_QWORDS, &rd);
+		guarded_read((const volatile uint64_t *)mem, 1, &rc);
+		*data = rd.faulted ? "fault" : classify(&rd);
+		*code = rc.faulted ? "fault" : (uint32_t)rc.q[0] == first_word ? "intact" : rc.q[0] == 0 ? "zeroed" : "other";
+	}
+	munmap(mem, size);
+	return step;
+}
+
+static void teardown_min(int kvm, int vm, long long deadline, int out)
+{
+	struct jbuf j;
+	unsigned long type = vm == VM_PROTECTED ? KVM_VM_TYPE_ARM_PROTECTED : 0;
+	const char *data[2] = {"?", "?"}, *code[2] = {"?", "?"}, *failed = NULL;
+	long long destroy[2] = {0, 0}, t0 = now_ms();
+	int err = 0, leaked = 0, which = 0;
+	for (; which < 2 && !failed; which++) {
+		failed = minimal_vm(kvm, type, which, deadline, &data[which], &code[which], &destroy[which], &err);
+		if (failed)
+			break;
+		leaked |= !strcmp(data[which], "guest_pattern");
+	}
+	jresult(&j, P_TEARDOWN_MIN, vm, failed ? "error" : "ok");
+	if (failed) {
+		jstr(&j, "step", failed);
+		jstr(&j, "memory", which ? "anonymous-shared" : "anonymous-private");
+		if (err) {
+			jint(&j, "errno", err);
+			jstr(&j, "errno_name", errno_name(err));
+		}
+	} else {
+		jstr(&j, "content", leaked ? "guest_pattern"
+			 : !strcmp(data[0], data[1]) ? data[0] : "mixed");
+	}
+	jstr(&j, "private_data", data[0]);
+	jstr(&j, "private_code", code[0]);
+	jstr(&j, "shared_data", data[1]);
+	jstr(&j, "shared_code", code[1]);
+	jint(&j, "page_size", sysconf(_SC_PAGESIZE));
+	jint(&j, "destroy_ms", destroy[0] + destroy[1]);
+	jint(&j, "duration_ms", now_ms() - t0);
+	jemit(&j, out);
+}
+
 static void vm_child(int kvm, int vm, unsigned probes, int timeout_s, int out)
 {
 	struct jbuf j;
@@ -936,6 +1067,9 @@ setup_done:;
 		jint(&j, "duration_ms", now_ms() - t);
 		jemit(&j, out);
 	}
+
+	if (probes & (1u << P_TEARDOWN_MIN))
+		teardown_min(kvm, vm, deadline, out);
 	_exit(0);
 }
 
@@ -1136,7 +1270,7 @@ static void run_vm(int kvm, int vm, unsigned probes, int timeout_s)
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: elprobe [--timeout SECONDS] [--vm normal|protected|both] [probe ...]\n"
-		   "probes: create guest_el host_read hypercalls teardown (default: all)\n"
+		   "probes: create guest_el host_read hypercalls teardown teardown_min (default: all)\n"
 		   "output: JSON lines on stdout (see the comment at the top of elprobe.c)\n");
 }
 

@@ -13,7 +13,7 @@ No I/O here: tests feed it recorded and broken outputs.
 import json
 from dataclasses import dataclass, field
 
-PROBES = ("create", "guest_el", "host_read", "hypercalls", "teardown")
+PROBES = ("create", "guest_el", "host_read", "hypercalls", "teardown", "teardown_min")
 VM_TYPES = ("normal", "protected")
 RECORD_START = '{"record":'
 NOT_SUPPORTED = -1      # SMCCC's NOT_SUPPORTED, as the signed x0 the probe reports

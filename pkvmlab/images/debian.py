@@ -1,4 +1,7 @@
-"""Fetch arm64 Debian packages on any host, without root and without touching the system.
+"""Fetch Debian packages on any host, without root and without touching the system.
+
+arm64 packages for what the boards boot; the host's own architecture for the
+emulator (``emulator.py``).
 
 apt does the resolving: a private state directory inside the cache
 (``apt/``) holds the package lists of the suites we need, fetched with the
@@ -95,9 +98,10 @@ def _parse_stanza(text):
 class DebianArchive:
     """apt, pointed at a private state dir, answering for arm64 packages of chosen suites."""
 
-    def __init__(self, root, suites, mirror=None):
+    def __init__(self, root, suites, mirror=None, arch="arm64"):
         self.root = Path(root)
         self.suites = sorted(set(suites))
+        self.arch = arch
         self.mirror = mirror or debian_mirror()
         for tool in ("apt-get", "apt-cache", "dpkg-deb"):
             if not shutil.which(tool):
@@ -109,7 +113,7 @@ class DebianArchive:
 
     def _options(self):
         return [
-            "-oAPT::Architecture=arm64", "-oAPT::Architectures::=arm64",
+            f"-oAPT::Architecture={self.arch}", f"-oAPT::Architectures::={self.arch}",
             f"-oDir::State::Lists={self.root / 'lists'}",
             f"-oDir::Etc::SourceList={self.root / 'sources.list'}",
             "-oDir::Etc::SourceParts=/dev/null",
@@ -123,7 +127,7 @@ class DebianArchive:
         (self.root / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
         lines = [f"deb [signed-by={KEYRING}] {self.mirror} {suite} main" for suite in self.suites]
         (self.root / "sources.list").write_text("\n".join(lines) + "\n")
-        note(f"updating arm64 package lists for {', '.join(self.suites)} from {self.mirror}")
+        note(f"updating {self.arch} package lists for {', '.join(self.suites)} from {self.mirror}")
         proc = subprocess.run(["apt-get", *self._options(), "-q", "update"], capture_output=True, text=True)
         output = proc.stdout + proc.stderr
         missing = sorted(set(_NO_RELEASE_FILE.findall(output)) & set(self.suites))
@@ -146,7 +150,7 @@ class DebianArchive:
             where = f"suite '{suite}'" if suite else f"version '{spec.partition('=')[2]}'"
             if suite_for_message:
                 where += f" of suite '{suite_for_message}'"
-            raise ImageError(f"package '{name.split('=')[0]}' (arm64) not found in {where} on {self.mirror}")
+            raise ImageError(f"package '{name.split('=')[0]}' ({self.arch}) not found in {where} on {self.mirror}")
         return PackageInfo(name=fields["Package"], version=fields["Version"], filename=fields["Filename"],
                            size=int(fields.get("Size", 0)), sha256=fields.get("SHA256", ""),
                            depends=fields.get("Depends", ""))

@@ -25,6 +25,11 @@ def pytest_addoption(parser):
                     help="boot the newest Debian kernel of SUITE instead of the image set's (matrix runs)")
     group.addoption("--kvm-mode", dest="pkvmlab_kvm_mode", choices=KVM_ARM_MODES,
                     help="override kvm-arm.mode= on the kernel command line (expectations follow)")
+    group.addoption("--qemu", dest="pkvmlab_qemu", metavar="SOURCE",
+                    help="emulator for QEMU boards: auto (default: host QEMU if new enough for the board, else "
+                         "Debian backports into the cache), host, a Debian suite, or a path to qemu-system-aarch64")
+    group.addoption("--cpu", dest="pkvmlab_cpu", metavar="MODEL",
+                    help="QEMU -cpu for QEMU boards instead of the board's emulator.cpu (e.g. cortex-a72: nVHE)")
     group.addoption("--reports", dest="pkvmlab_reports", metavar="DIR",
                     help="where run directories go (default: <repo>/reports)")
     group.addoption("--run-id", dest="pkvmlab_run_id", metavar="ID", help="name of the run directory")
@@ -76,6 +81,8 @@ def pytest_report_header(config):
     if run is None:
         return None
     lines = [f"pkvmlab board: {run.board.name} ({run.board.soc}), env {run.board.env}",
+             *([f"pkvmlab emulator: {run.emulator.version_line} ({run.emulator.source}, {run.emulator.binary}),"
+                f" -cpu {run.cpu}"] if run.emulator else []),
              f"pkvmlab kernel args: {run.board.kernel_args or '(none)'}; expect {run.board.expect}"]
     if run.provisioned:
         kernel = run.provisioned.record.get("kernel", {})

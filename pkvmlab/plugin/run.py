@@ -17,13 +17,16 @@ from pathlib import Path
 
 import yaml
 
-from ..boards import load_board, project_root
+from ..boards import check_cpu, load_board, project_root
 from ..errors import ConfigError
+from ..images.emulator import resolve_emulator
 from ..images.manifest import load_image_set
 from ..images.provision import provision
 
-# What each kvm-arm.mode leads to on a board whose CPU has VHE and EL2 (QEMU -cpu max).
+# What each kvm-arm.mode leads to on a board whose CPU has VHE and EL2 (QEMU -cpu max) ...
 EXPECTED_KVM_MODE = {"protected": "protected", "nvhe": "nvhe", "default": "vhe", "none": "none"}
+# ... and on one without VHE (QEMU -cpu cortex-a72): no hVHE, and the default is nVHE.
+EXPECTED_KVM_MODE_NO_VHE = {"protected": "protected-nvhe", "nvhe": "nvhe", "default": "nvhe", "none": "none"}
 KVM_ARM_MODES = tuple(EXPECTED_KVM_MODE)
 
 
@@ -45,11 +48,25 @@ def with_kvm_mode(board, mode):
     words = [w for w in board.kernel_args.split() if not w.startswith("kvm-arm.mode=")]
     if mode != "default":
         words.append(f"kvm-arm.mode={mode}")
+    board = dataclasses.replace(board, kernel_args=" ".join(words))
+    return _expect_for_mode(board, mode, pvm=board.expect.pvm if mode == "protected" else False)
+
+
+def with_cpu(board, cpu):
+    """The QEMU board run with ``-cpu cpu``; the KVM mode it must reach follows the CPU's VHE."""
+    check_cpu(cpu, "--cpu")
+    board = dataclasses.replace(board, emulator=dataclasses.replace(board.emulator, cpu=cpu))
+    return _expect_for_mode(board, board.kvm_arm_mode, pvm=board.expect.pvm)
+
+
+def _expect_for_mode(board, mode, pvm):
     expect = board.expect
-    if expect.boot_el == "EL2":
-        expect = dataclasses.replace(expect, kvm_mode=EXPECTED_KVM_MODE[mode],
-                                     pvm=expect.pvm if mode == "protected" else False)
-    return dataclasses.replace(board, kernel_args=" ".join(words), expect=expect)
+    if expect.boot_el != "EL2":
+        return board
+    vhe = board.emulator.has_vhe if board.emulator else True
+    table = EXPECTED_KVM_MODE if vhe else EXPECTED_KVM_MODE_NO_VHE
+    expect = dataclasses.replace(expect, kvm_mode=table.get(mode, expect.kvm_mode), pvm=pvm)
+    return dataclasses.replace(board, expect=expect)
 
 
 def new_run_id(board_name, suffix=""):
@@ -58,8 +75,9 @@ def new_run_id(board_name, suffix=""):
 
 
 class RunState:
-    def __init__(self, board, image_set, provisioned, run_dir, run_id, kernel_suite=None):
+    def __init__(self, board, image_set, provisioned, run_dir, run_id, kernel_suite=None, emulator=None):
         self.board = board
+        self.emulator = emulator     # pkvmlab.images.emulator.Emulator, on QEMU boards
         self.image_set = image_set
         self.provisioned = provisioned
         self.run_dir = run_dir
@@ -82,6 +100,11 @@ class RunState:
         if not name:
             return None
         board = load_board(name)
+        if (option.pkvmlab_qemu or option.pkvmlab_cpu) and board.emulator is None:
+            raise ConfigError(board.path, [f"{board.path}: --qemu/--cpu apply to QEMU boards only "
+                                           f"(this board has no 'emulator' section)"])
+        if option.pkvmlab_cpu:
+            board = with_cpu(board, option.pkvmlab_cpu)
         if option.pkvmlab_kvm_mode:
             board = with_kvm_mode(board, option.pkvmlab_kvm_mode)
         image_set = load_image_set(board.image_set) if board.image_set else None
@@ -92,18 +115,27 @@ class RunState:
             # Whether this kernel can make protected VMs is what the run measures, not a requirement.
             board = dataclasses.replace(board, expect=dataclasses.replace(board.expect, pvm=None)
                                         if board.expect.pvm else board.expect)
+        emulator = None
+        if board.emulator is not None:
+            emulator = resolve_emulator(option.pkvmlab_qemu, board.emulator.qemu_min_version,
+                                        refresh=option.pkvmlab_refresh_images)
         provisioned = provision(image_set, refresh=option.pkvmlab_refresh_images) if image_set else None
         reports = Path(option.pkvmlab_reports or project_root() / "reports")
         suffix = ""
         if option.pkvmlab_kernel_suite or option.pkvmlab_kvm_mode:
             suffix = f"-{option.pkvmlab_kernel_suite or 'default'}-{option.pkvmlab_kvm_mode or board.kvm_arm_mode}"
+        if option.pkvmlab_qemu or option.pkvmlab_cpu:
+            suffix += f"-{emulator.label}-{board.emulator.cpu_model}"
         run_id = option.pkvmlab_run_id or new_run_id(board.name, suffix)
         run_dir = reports / run_id
         run_dir.mkdir(parents=True, exist_ok=bool(option.pkvmlab_run_id))
-        state = cls(board, image_set, provisioned, run_dir, run_id, option.pkvmlab_kernel_suite)
+        state = cls(board, image_set, provisioned, run_dir, run_id, option.pkvmlab_kernel_suite, emulator)
         state.reports_dir = reports
         if provisioned:
-            (run_dir / "images.json").write_text(json.dumps(provisioned.record, indent=2, sort_keys=True) + "\n")
+            record = dict(provisioned.record)
+            if emulator:
+                record["emulator"] = dict(emulator.record(), cpu=board.emulator.cpu)
+            (run_dir / "images.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         return state
 
     def export_environment(self):
@@ -111,6 +143,13 @@ class RunState:
         if self.provisioned:
             os.environ["LG_PKVMLAB_IMAGES"] = str(self.provisioned.directory)
         os.environ["LG_PKVMLAB_KERNEL_ARGS"] = self.board.kernel_args
+        if self.emulator:
+            os.environ["LG_PKVMLAB_QEMU"] = str(self.emulator.binary)
+            os.environ["LG_PKVMLAB_CPU"] = self.board.emulator.cpu
+
+    @property
+    def cpu(self):
+        return self.board.emulator.cpu if self.board.emulator else None
 
     @property
     def has_console(self):
@@ -125,8 +164,15 @@ class RunState:
 
     @property
     def suite_name(self):
-        """``board/kernel/mode``: how dashboards group runs."""
-        return f"{self.board.name}/{self.kernel_release}/{self.board.kvm_arm_mode}"
+        """``board/kernel/mode``, and on QEMU boards ``/qemu-<version>/<cpu model>``: how dashboards group runs.
+
+        The emulator and CPU model are part of what was tested: the same kernel and mode
+        behave differently on QEMU 7.2 and 10.0, and under -cpu max (hVHE) and cortex-a72 (nVHE).
+        """
+        name = f"{self.board.name}/{self.kernel_release}/{self.board.kvm_arm_mode}"
+        if self.emulator:
+            name += f"/{self.emulator.label}/{self.board.emulator.cpu_model}"
+        return name
 
     def static_properties(self):
         """Testsuite properties known before the board boots."""
@@ -140,6 +186,13 @@ class RunState:
         }
         if self.has_console:
             props["pkvmlab.console_log"] = "console.log"
+        if self.emulator:
+            props["pkvmlab.emulator"] = self.emulator.label
+            props["pkvmlab.emulator_version"] = self.emulator.version_line
+            props["pkvmlab.emulator_source"] = self.emulator.source
+            if self.emulator.package:
+                props["pkvmlab.emulator_package"] = self.emulator.package
+            props["pkvmlab.cpu"] = self.board.emulator.cpu
         record = self.provisioned.record if self.provisioned else {}
         if "kernel" in record:
             kernel = record["kernel"]

@@ -172,9 +172,14 @@ class Suite:
 
     @property
     def combination(self):
-        """``board/kernel-release/mode``, how dashboards group suites; None without the properties."""
+        """``board/kernel-release/mode`` (+ ``/qemu-<version>/<cpu model>`` on QEMU boards), how dashboards
+        group suites; None without the properties."""
         parts = [self.prop("board"), self.prop("kernel_release"), self.prop("kvm_arm_mode")]
-        return "/".join(parts) if all(parts) else None
+        if not all(parts):
+            return None
+        if self.prop("emulator"):
+            parts += [self.prop("emulator"), self.prop("cpu").split(",", 1)[0] or "?"]
+        return "/".join(parts)
 
     def plain_classname(self, classname):
         """``classname`` without the ``<suite name>.`` prefix a merge adds (also after a rename to ``name@run``)."""

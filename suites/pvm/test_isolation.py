@@ -15,12 +15,15 @@ from pkvmlab.isolation import FAIL, SKIP, judge
 
 
 @pytest.fixture
-def check(board, isolation_context, probe_run, measured):
+def check(board, pkvmlab_run, isolation_context, probe_run, measured):
     """check(probe, vm): judge one probe on one VM type; its measured values become properties.
 
-    A failure the board file lists under ``expect.known_findings`` is reported as
-    xfail with its reason and the measured values: still visible, not a new regression.
+    A failure the board file lists under ``expect.emulator_artifacts``, on an emulator
+    and KVM mode where that artifact was measured, is the emulator's, not the board's:
+    xfail "emulator artifact" with both outcomes.  A failure it lists under
+    ``expect.known_findings`` is xfail with its reason and the measured values.
     """
+    emulator = pkvmlab_run.emulator
     def judge_one(probe, vm):
         result = probe_run.result(probe, vm) if probe_run is not None else None
         if result is not None:
@@ -28,6 +31,18 @@ def check(board, isolation_context, probe_run, measured):
         verdict = judge(probe, vm, isolation_context, probe_run)
         if verdict.status == SKIP:
             pytest.skip(verdict.message)
+        if verdict.status == FAIL and emulator is not None:
+            artifact = board.expect.emulator_artifact(probe, vm, emulator.version, isolation_context.kvm_mode)
+            if artifact is not None:
+                measured("emulator_artifact", artifact.scope)
+                pytest.xfail(f"emulator artifact, not the board's ({artifact.scope}; {artifact.reason}; "
+                             f"{artifact.reference}); measured on {emulator.version_line}, "
+                             f"{isolation_context.kvm_mode}: {verdict.message}")
+            known = board.expect.artifact_for(probe, vm)
+            if known is not None:
+                verdict = type(verdict)(FAIL, f"{verdict.message} [not explained by the emulator: the known "
+                                              f"artifact is {known.scope}, this run is {emulator.label}, "
+                                              f"{isolation_context.kvm_mode}]")
         if verdict.status == FAIL and board.expect.known_finding(probe, vm):
             pytest.xfail(f"known finding on {board.name} ({board.expect.known_finding(probe, vm)}); "
                          f"measured: {verdict.message}")
@@ -76,6 +91,14 @@ def test_hypercalls(vm, check, measured):
         call = result.call(name)
         if call is not None:
             measured(name, call.get("ret_name") or call.get("decoded") or call.get("x0"))
+
+
+@pytest.mark.parametrize("vm", VM_TYPES)
+def test_teardown_min(vm, check, measured):
+    """The smallest reproducer: a fresh VM writes one page and exits; after destroy the host re-reads it."""
+    result = check("teardown_min", vm)
+    for key in ("private_data", "private_code", "shared_data", "shared_code"):
+        measured(key, result.get(key))
 
 
 @pytest.mark.parametrize("vm", VM_TYPES)
