@@ -3,7 +3,8 @@
     pkvmlab boards                                  list boards and what they expect
     pkvmlab images fetch --board qemu-virt          provision (download/build/cache) an image set
     pkvmlab run --board qemu-virt [pytest args]     boot the board once, run the suites, write JUnit
-    pkvmlab matrix [--kernels ...] [--modes ...]    boot + pvm suites over kernels x KVM modes
+    pkvmlab matrix [--kernels ...] [--modes ...] [--qemu ...] [--cpus ...]
+                                                    boot + pvm suites over kernels x KVM modes x emulators x CPUs
     pkvmlab report merge|html|history ...           lab reports
 """
 
@@ -133,6 +134,10 @@ def build_parser():
     matrix.add_argument("--kernels", default="bookworm,trixie,trixie-backports,sid",
                         help="comma-separated Debian suites")
     matrix.add_argument("--modes", default="protected,nvhe,default", help="comma-separated kvm-arm.mode values")
+    matrix.add_argument("--qemu", default="auto",
+                        help="comma-separated emulators (auto, host, a Debian suite, a path): e.g. host,auto "
+                             "compares the host's QEMU with the board's default")
+    matrix.add_argument("--cpus", default="", help="comma-separated QEMU -cpu values (default: the board's)")
     matrix.add_argument("--jobs", type=int, default=2, help="boards booted at once (default 2)")
     matrix.add_argument("--reports", help="reports directory (default: reports/)")
     matrix.set_defaults(func=cmd_matrix)

@@ -1,4 +1,9 @@
-"""The kernel x KVM-mode matrix: boot every combination once, run boot + pvm suites, one report.
+"""The kernel x KVM-mode (x emulator x CPU) matrix: boot every combination once, run boot + pvm suites, one report.
+
+The emulator and the CPU model are dimensions because they are part of what is
+tested: a check that fails under one QEMU version and passes under another, on
+the same kernel, mode and CPU, is the emulator's doing, and the table says so
+("emulator artifact", with both outcomes) instead of blaming the board.
 
 Each combination is a normal ``pkvmlab run`` (its own QEMU, its own run
 directory) so a crash in one cell cannot spoil another; ``--jobs`` of them run
@@ -24,22 +29,42 @@ from .images.provision import provision
 from .report.junit import XFAIL_TYPE
 
 
-def _cell_id(kernel_suite, mode):
-    return f"{kernel_suite}-{mode}"
+def split_cpus(text):
+    """'max,pauth-impdef=on,cortex-a72' -> ['max,pauth-impdef=on', 'cortex-a72']: a piece with '=' is a
+    property of the CPU model before it (QEMU's own -cpu syntax), not a model of its own."""
+    cpus = []
+    for piece in (p.strip() for p in text.split(",")):
+        if not piece:
+            continue
+        if "=" in piece and cpus:
+            cpus[-1] += "," + piece
+        else:
+            cpus.append(piece)
+    return cpus
 
 
-def _run_cell(board_name, kernel_suite, mode, reports, matrix_id):
-    run_id = f"{matrix_id}/{_cell_id(kernel_suite, mode)}"
+def _cell_id(kernel_suite, mode, qemu="auto", cpu=""):
+    cell = f"{kernel_suite}-{mode}"
+    if qemu != "auto":
+        cell += "-qemu-" + re.sub(r"[^A-Za-z0-9.+-]", "_", qemu)
+    if cpu:
+        cell += "-" + re.sub(r"[^A-Za-z0-9.+-]", "_", cpu.split(",")[0])
+    return cell
+
+
+def _run_cell(board_name, kernel_suite, mode, reports, matrix_id, qemu="auto", cpu=""):
+    run_id = f"{matrix_id}/{_cell_id(kernel_suite, mode, qemu, cpu)}"
     root = project_root()
     cmd = [sys.executable, "-m", "pkvmlab.cli", "run", "--board", board_name, "--kernel-suite", kernel_suite,
            "--kvm-mode", mode, "--reports", str(reports), "--run-id", run_id,
+           *(["--qemu", qemu] if qemu != "auto" else []), *(["--cpu", cpu] if cpu else []),
            str(root / "suites" / "boot"), str(root / "suites" / "pvm"), "-q", "-p", "no:cacheprovider"]
     started = time.monotonic()
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
     run_dir = Path(reports) / run_id
     (run_dir / "pytest-output.txt").write_text(proc.stdout + proc.stderr)
-    return {"kernel": kernel_suite, "mode": mode, "exit": proc.returncode, "run_dir": run_dir,
-            "seconds": round(time.monotonic() - started, 1)}
+    return {"kernel": kernel_suite, "mode": mode, "qemu": qemu, "cpu": cpu, "exit": proc.returncode,
+            "run_dir": run_dir, "seconds": round(time.monotonic() - started, 1)}
 
 
 def read_cell(run_dir):
@@ -52,7 +77,42 @@ def read_cell(run_dir):
     counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
     # Of the skipped, the board's known findings (xfails) are counted apart: they are findings, not gaps.
     counts["known"] = sum(1 for skipped in suite.iter("skipped") if skipped.get("type") == XFAIL_TYPE)
-    return {"props": props, "counts": counts, "name": suite.get("name")}
+    outcomes = {}
+    for case in suite.iter("testcase"):
+        child = next(iter(case), None)
+        kind = "pass" if child is None or child.tag in ("system-out", "system-err") else \
+            "xfail" if child.tag == "skipped" and child.get("type") == XFAIL_TYPE else child.tag
+        outcomes[case.get("name")] = kind
+    return {"props": props, "counts": counts, "name": suite.get("name"), "outcomes": outcomes}
+
+
+def emulator_artifacts(cells):
+    """{cell key: [note]} for checks whose outcome differs between emulators on the same kernel, mode and CPU.
+
+    A check that fails (or is waived) under one QEMU and passes under another is the emulator's: the
+    note names the check and both outcomes, e.g. "test_teardown[protected]: xfail on qemu-7.2.22,
+    pass on qemu-10.0.2".
+    """
+    groups = {}
+    for key, cell in cells.items():
+        if cell is not None:
+            kernel, mode, _, cpu = key
+            groups.setdefault((kernel, mode, cpu), []).append((key, cell))
+    notes = {}
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        tests = set().union(*(cell["outcomes"] for _, cell in members))
+        for test in sorted(tests):
+            seen = {cell["props"].get("pkvmlab.emulator", key[2]): cell["outcomes"].get(test) for key, cell in members}
+            bad = {emu for emu, outcome in seen.items() if outcome in ("failure", "error", "xfail")}
+            good = {emu for emu, outcome in seen.items() if outcome == "pass"}
+            if bad and good:
+                text = f"emulator artifact: {test}: " + ", ".join(f"{seen[e]} on {e}" for e in sorted(seen))
+                for key, cell in members:
+                    if cell["props"].get("pkvmlab.emulator", key[2]) in bad:
+                        notes.setdefault(key, []).append(text)
+    return notes
 
 
 def cell_summary(cell):
@@ -68,41 +128,61 @@ def cell_summary(cell):
         "host_read": p.get("pkvmlab.pvm.host_read", "n/a"),
         "teardown": p.get("pkvmlab.pvm.teardown", "n/a"),
         "kernel": p.get("pkvmlab.kernel_release", "?"),
+        "emulator": p.get("pkvmlab.emulator", "?"),
         "verdict": f"{c['tests'] - bad - c['skipped']} pass, " + (f"{c['known']} known, " if c["known"] else "")
                    + f"{c['skipped'] - c['known']} skip, {bad} fail",
     }
 
 
-def matrix_markdown(kernels, modes, cells):
-    header = "| kernel | " + " | ".join(f"kvm-arm.mode={m}" for m in modes) + " |"
-    lines = [header, "|" + "---|" * (len(modes) + 1)]
-    for kernel in kernels:
-        row = []
-        release = ""
+def _rows(kernels, qemus, cpus):
+    return [(k, q, c) for k in kernels for q in qemus for c in cpus]
+
+
+def _row_labels(row, modes, cells):
+    kernel, qemu, cpu = row
+    release, emulator = "", qemu
+    for mode in modes:
+        s = cell_summary(cells.get((kernel, mode, qemu, cpu)))
+        release = s.get("kernel", release)
+        emulator = s.get("emulator", emulator)
+    return release, emulator, cpu or "board's"
+
+
+def matrix_markdown(kernels, modes, cells, qemus=("auto",), cpus=("",)):
+    artifacts = emulator_artifacts(cells)
+    header = "| kernel | QEMU | -cpu | " + " | ".join(f"kvm-arm.mode={m}" for m in modes) + " |"
+    lines = [header, "|" + "---|" * (len(modes) + 3)]
+    for row in _rows(kernels, qemus, cpus):
+        cols = []
+        release, emulator, cpu = _row_labels(row, modes, cells)
         for mode in modes:
-            s = cell_summary(cells.get((kernel, mode)))
-            release = s.get("kernel", release)
-            row.append(f"{s['boot_el']}, {s['kvm']}; pVM create: {s['create']}; host read of pVM page: "
-                       f"{s['host_read']}; after teardown: {s['teardown']} ({s['verdict']})")
-        lines.append(f"| {kernel} ({release}) | " + " | ".join(row) + " |")
+            key = (row[0], mode, row[1], row[2])
+            s = cell_summary(cells.get(key))
+            note = "".join(f"; **{text}**" for text in artifacts.get(key, ()))
+            cols.append(f"{s['boot_el']}, {s['kvm']}; pVM create: {s['create']}; host read of pVM page: "
+                        f"{s['host_read']}; after teardown: {s['teardown']} ({s['verdict']}){note}")
+        lines.append(f"| {row[0]} ({release}) | {emulator} | {cpu} | " + " | ".join(cols) + " |")
     return "\n".join(lines) + "\n"
 
 
-def matrix_html(kernels, modes, cells, title):
+def matrix_html(kernels, modes, cells, title, qemus=("auto",), cpus=("",)):
+    artifacts = emulator_artifacts(cells)
     rows = []
-    for kernel in kernels:
+    for row in _rows(kernels, qemus, cpus):
         tds = []
-        release = ""
+        release, emulator, cpu = _row_labels(row, modes, cells)
         for mode in modes:
-            s = cell_summary(cells.get((kernel, mode)))
-            release = s.get("kernel", release)
+            key = (row[0], mode, row[1], row[2])
+            s = cell_summary(cells.get(key))
             state = "fail" if not s["verdict"].endswith(" 0 fail") else "pass"
+            notes = "".join(f"<br><b>{html.escape(text)}</b>" for text in artifacts.get(key, ()))
             tds.append(f'<td class="{state}"><b>{html.escape(s["boot_el"])}</b><br>{html.escape(s["kvm"])}<br>'
                        f'pVM create: {html.escape(s["create"])}<br>host read: {html.escape(s["host_read"])}<br>'
                        f'after teardown: {html.escape(s["teardown"])}<br>'
-                       f'<small>{html.escape(s["verdict"])}</small></td>')
-        rows.append(f"<tr><th>{html.escape(kernel)}<br><small>{html.escape(release)}</small></th>{''.join(tds)}</tr>")
-    head = "".join(f"<th>kvm-arm.mode={html.escape(m)}</th>" for m in modes)
+                       f'<small>{html.escape(s["verdict"])}</small>{notes}</td>')
+        rows.append(f"<tr><th>{html.escape(row[0])}<br><small>{html.escape(release)}</small></th>"
+                    f"<th>{html.escape(emulator)}</th><th>{html.escape(cpu)}</th>{''.join(tds)}</tr>")
+    head = "<th>QEMU</th><th>-cpu</th>" + "".join(f"<th>kvm-arm.mode={html.escape(m)}</th>" for m in modes)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
             "body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #999;padding:6px;"
             "vertical-align:top}.pass{background:#d8f5d0}.fail{background:#f8d0d0}</style></head><body>"
@@ -114,6 +194,8 @@ def run_matrix(args):
     board = load_board(args.board)
     kernels = [k for k in args.kernels.split(",") if k]
     modes = [m for m in args.modes.split(",") if m]
+    qemus = [q for q in getattr(args, "qemu", "auto").split(",") if q] or ["auto"]
+    cpus = split_cpus(getattr(args, "cpus", "")) or [""]
     reports = Path(args.reports or project_root() / "reports")
     matrix_id = f"matrix-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     matrix_dir = reports / matrix_id
@@ -121,20 +203,27 @@ def run_matrix(args):
     image_set = load_image_set(board.image_set)
     for kernel in kernels:
         provision(image_set.with_kernel_suite(kernel))
-    note(f"matrix: {len(kernels)} kernels x {len(modes)} modes, {args.jobs} at once, into {matrix_dir}")
+    if board.emulator is not None:   # fetched once here, so parallel cells never unpack it at the same time
+        from .images.emulator import resolve_emulator
+        for qemu in qemus:
+            resolve_emulator(qemu, board.emulator.qemu_min_version)
+    note(f"matrix: {len(kernels)} kernels x {len(modes)} modes x {len(qemus)} emulators x {len(cpus)} CPUs, "
+         f"{args.jobs} at once, into {matrix_dir}")
     matrix_dir.mkdir(parents=True)
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = [pool.submit(_run_cell, board.name, k, m, reports, matrix_id) for k in kernels for m in modes]
+        futures = [pool.submit(_run_cell, board.name, k, m, reports, matrix_id, q, c)
+                   for k in kernels for m in modes for q in qemus for c in cpus]
         results = []
         for future in futures:
             result = future.result()
-            note(f"matrix: {result['kernel']} x {result['mode']}: exit {result['exit']} in {result['seconds']} s")
+            note(f"matrix: {_cell_id(result['kernel'], result['mode'], result['qemu'], result['cpu'])}: "
+                 f"exit {result['exit']} in {result['seconds']} s")
             results.append(result)
-    cells = {(r["kernel"], r["mode"]): read_cell(r["run_dir"]) for r in results}
+    cells = {(r["kernel"], r["mode"], r["qemu"], r["cpu"]): read_cell(r["run_dir"]) for r in results}
     wall = time.monotonic() - started
     title = f"pkvmlab matrix on {board.name}: {len(results)} boots in {wall:.0f} s"
-    (matrix_dir / "matrix.md").write_text(f"# {title}\n\n" + matrix_markdown(kernels, modes, cells))
-    (matrix_dir / "matrix.html").write_text(matrix_html(kernels, modes, cells, title))
+    (matrix_dir / "matrix.md").write_text(f"# {title}\n\n" + matrix_markdown(kernels, modes, cells, qemus, cpus))
+    (matrix_dir / "matrix.html").write_text(matrix_html(kernels, modes, cells, title, qemus, cpus))
     inputs = [r["run_dir"] / "junit.xml" for r in results if (r["run_dir"] / "junit.xml").is_file()]
     from .report.merge import merge_junit
     merge_junit(inputs, matrix_dir / "junit.xml")
