@@ -12,5 +12,7 @@ from . import (  # noqa: F401  (registration side effect)
     androidstrategy,
     bootstrategy,
     fastbootdriver,
+    firmwarestrategy,
+    powerswitch,
     qemudriver,
 )
