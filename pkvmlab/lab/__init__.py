@@ -12,6 +12,7 @@ from . import (  # noqa: F401  (registration side effect)
     androidstrategy,
     bootstrategy,
     fastbootdriver,
+    linuxshell,
     firmwarestrategy,
     powerswitch,
     qemudriver,

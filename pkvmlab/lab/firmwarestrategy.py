@@ -55,7 +55,7 @@ class FirmwareShellStrategy(Strategy):
         "console": "ConsoleProtocol",
         "uboot": {"UBootDriver", None},
         "tftp": {"TFTPProviderDriver", None},
-        "shell": "ShellDriver",
+        "shell": "LinuxShellDriver",
     }
 
     status = attr.ib(default=Status.unknown)
