@@ -14,8 +14,10 @@ from pkvmlab.isolation import Context, precondition
 FIXTURES = Path(__file__).parent / "fixtures" / "console"
 EL1_LOG = (FIXTURES / "qemu-virt-el1-7.3.4+deb13-arm64-protected.log").read_text()
 GUNYAH_BANNER = "Hypervisor cold boot, version: gunyah-e78adb36e debug (2024-03-01)"
-GUNYAH_RESERVED = "[    0.000000] OF: reserved mem: 0x0000000080000000..0x00000000805fffff (6144 KiB) nomap non-reusable gunyah-hyp@80000000"
-GENIEZONE = "[    0.000000] OF: reserved mem: 0x000000007c000000..0x000000007fffffff (65536 KiB) nomap non-reusable geniezone@7c000000"
+GUNYAH_RESERVED = ("[    0.000000] OF: reserved mem: 0x0000000080000000..0x00000000805fffff (6144 KiB) "
+                   "nomap non-reusable gunyah-hyp@80000000")
+GENIEZONE = ("[    0.000000] OF: reserved mem: 0x000000007c000000..0x000000007fffffff (65536 KiB) "
+             "nomap non-reusable geniezone@7c000000")
 
 
 def test_qemu_virt_el1_has_no_el2_at_all():

@@ -12,8 +12,8 @@ from . import (  # noqa: F401  (registration side effect)
     androidstrategy,
     bootstrategy,
     fastbootdriver,
-    linuxshell,
     firmwarestrategy,
+    linuxshell,
     powerswitch,
     qemudriver,
 )
