@@ -17,6 +17,8 @@ from .yamlfile import Field, check_fields, load_yaml, raise_if_problems
 BOARD_KINDS = ("qemu", "android", "devboard")
 BOOT_ELS = ("EL1", "EL2")
 # "protected" accepts either pKVM flavour; the others name one exact mode.
+# Who holds EL2 on a board whose Linux boots at EL1 (pkvmlab/facts/el2holder.py); "none": no EL2 at all.
+EL2_HOLDERS = ("Gunyah", "GenieZone", "none")
 KVM_MODES = ("protected", "protected-nvhe", "protected-hvhe", "nvhe", "hvhe", "vhe", "none")
 
 _EXPECT_SCHEMA = {
@@ -25,6 +27,7 @@ _EXPECT_SCHEMA = {
     "pvm": Field((bool,), required=True),
     "avf": Field((bool,)),
     "known_findings": Field((dict,)),
+    "el2_holder": Field((str,), choices=EL2_HOLDERS),
 }
 
 _BOARD_SCHEMA = {
@@ -50,6 +53,7 @@ class Expectations:
     # "<probe>/<vm>" -> why: a failure of that pvm check is a documented finding on this
     # board (reported as xfail with the measured values), not a new regression.
     known_findings: tuple = ()
+    el2_holder: str = None      # expected firmware hypervisor at EL2 ("none": no EL2); None: not checked
 
     def known_finding(self, probe, vm):
         return dict(self.known_findings).get(f"{probe}/{vm}")
@@ -136,7 +140,8 @@ def load_board_file(path, root=None):
         ready_state=data.get("ready_state", "shell"),
         expect=Expectations(boot_el=expect["boot_el"], kvm_mode=expect["kvm_mode"],
                             pvm=expect["pvm"], avf=expect.get("avf", False),
-                            known_findings=tuple(sorted((expect.get("known_findings") or {}).items()))),
+                            known_findings=tuple(sorted((expect.get("known_findings") or {}).items())),
+                            el2_holder=expect.get("el2_holder")),
     )
 
 
