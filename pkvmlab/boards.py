@@ -18,6 +18,8 @@ from .yamlfile import Field, check_fields, load_yaml, raise_if_problems
 BOARD_KINDS = ("qemu", "android", "devboard")
 BOOT_ELS = ("EL1", "EL2")
 # "protected" accepts either pKVM flavour; the others name one exact mode.
+# Who holds EL2 on a board whose Linux boots at EL1 (pkvmlab/facts/el2holder.py); "none": no EL2 at all.
+EL2_HOLDERS = ("Gunyah", "GenieZone", "none")
 KVM_MODES = ("protected", "protected-nvhe", "protected-hvhe", "nvhe", "hvhe", "vhe", "none")
 
 _EXPECT_SCHEMA = {
@@ -27,6 +29,7 @@ _EXPECT_SCHEMA = {
     "avf": Field((bool,)),
     "known_findings": Field((dict,)),
     "emulator_artifacts": Field((dict,)),
+    "el2_holder": Field((str,), choices=EL2_HOLDERS),
 }
 _ARTIFACT_SCHEMA = {
     "qemu_below": Field((str,), required=True),
@@ -98,6 +101,7 @@ class Expectations:
     # "<probe>/<vm>" -> EmulatorArtifact: a failure of that check that the emulator explains
     # (measured under one QEMU version and not another), never counted as the board's.
     emulator_artifacts: tuple = ()
+    el2_holder: str = None      # expected firmware hypervisor at EL2 ("none": no EL2); None: not checked
 
     def known_finding(self, probe, vm):
         return dict(self.known_findings).get(f"{probe}/{vm}")
@@ -233,7 +237,8 @@ def load_board_file(path, root=None):
         expect=Expectations(boot_el=expect["boot_el"], kvm_mode=expect["kvm_mode"],
                             pvm=expect["pvm"], avf=expect.get("avf", False),
                             known_findings=tuple(sorted((expect.get("known_findings") or {}).items())),
-                            emulator_artifacts=tuple(sorted(artifacts.items()))),
+                            emulator_artifacts=tuple(sorted(artifacts.items())),
+                            el2_holder=expect.get("el2_holder")),
     )
 
 

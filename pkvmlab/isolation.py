@@ -46,6 +46,7 @@ class Context:
     dev_kvm: bool = True
     pvm_expected: bool = None    # the board file's expect.pvm (None: measure, do not require)
     boot_el: str = None
+    el2: str = None              # who holds EL2 when Linux did not get it (BootFacts.el2_summary)
 
     @property
     def protected_mode(self):
@@ -58,6 +59,8 @@ def precondition(ctx, run):
         why = f"no /dev/kvm: host booted at {ctx.boot_el or 'an unknown EL'}, KVM mode {ctx.kvm_mode}"
         if ctx.kvm_line:
             why += f" ({ctx.kvm_line})"
+        if ctx.el2:
+            why += f"; {ctx.el2}"
         if run is not None and run.fatal is not None:
             why += f"; the probe: {run.fatal.get('detail') or run.fatal.get('errno_name', 'cannot open /dev/kvm')}"
         if ctx.pvm_expected:

@@ -10,6 +10,8 @@ runs (``tests/fixtures/console/``).
 import re
 from dataclasses import dataclass, field
 
+from .el2holder import El2Holder, find_el2_holder
+
 # "kvm [N]:" is kvm_info() with the PID; match any N.
 _KVM = r"kvm \[\d+\]: "
 # Order matters: the first pattern that matches a line decides the mode.
@@ -66,6 +68,14 @@ class BootFacts:
     problems: list = field(default_factory=list)
     benign: list = field(default_factory=list)
     evidence: dict = field(default_factory=dict)     # fact -> line number it was read from (1-based)
+    el2_holder: El2Holder = field(default_factory=El2Holder)   # firmware hypervisor seen (facts/el2holder.py)
+
+    @property
+    def el2_summary(self):
+        """None when Linux got EL2; else who holds it, with the line that says so."""
+        if self.boot_el == "EL2":
+            return None
+        return self.el2_holder.describe()
 
     @property
     def kvm_arm_mode(self):
@@ -84,8 +94,11 @@ def clean_line(line):
 def parse_boot_log(text):
     """Parse a console log or dmesg text into BootFacts."""
     facts = BootFacts()
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = clean_line(raw)
+    cleaned = [clean_line(raw) for raw in text.splitlines()]
+    facts.el2_holder = find_el2_holder(cleaned)
+    if facts.el2_holder.name:
+        facts.evidence["el2_holder"] = facts.el2_holder.line_number
+    for number, line in enumerate(cleaned, start=1):
         if facts.kernel_release is None and (match := _LINUX_VERSION.search(line)):
             facts.kernel_release = match.group(1)
         if facts.cmdline is None and (match := _CMDLINE.search(line)):

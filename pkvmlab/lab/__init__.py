@@ -12,5 +12,8 @@ from . import (  # noqa: F401  (registration side effect)
     androidstrategy,
     bootstrategy,
     fastbootdriver,
+    firmwarestrategy,
+    linuxshell,
+    powerswitch,
     qemudriver,
 )

@@ -6,6 +6,8 @@ pkvmlab.facts.console); every assertion message says expected vs measured.
 
 import re
 
+import pytest
+
 
 def test_reached_shell(booted, measured):
     lines, code = booted.run("echo pkvmlab-shell-$((6*7))")
@@ -35,6 +37,17 @@ def test_boot_el(booted, board, measured):
     said = booted.facts.boot_el or "nothing (no 'CPU: All CPU(s) started at' line)"
     assert booted.facts.boot_el == board.expect.boot_el, (
         f"expected every CPU to start at {board.expect.boot_el}, the kernel says {said}")
+
+
+def test_el2_holder(booted, board, measured):
+    """Linux at EL1: who holds EL2, with the firmware's own line (or 'no EL2')."""
+    facts = booted.facts
+    measured("el2", facts.el2_summary or "Linux")
+    if board.expect.el2_holder is None:
+        pytest.skip(f"board file sets no expect.el2_holder; measured: {facts.el2_summary or 'Linux has EL2'}")
+    got = facts.el2_holder.name or ("none" if facts.boot_el != "EL2" else "Linux")
+    assert got == board.expect.el2_holder, (
+        f"expected EL2 held by {board.expect.el2_holder}, measured: {facts.el2_summary or 'Linux has EL2'}")
 
 
 def test_kvm_mode(booted, board, measured):

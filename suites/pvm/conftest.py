@@ -20,7 +20,8 @@ PROBE_WALL_TIMEOUT = 150    # seconds the harness waits for the whole probe (two
 def isolation_context(booted, board):
     facts = booted.facts
     return Context(kvm_mode=facts.kvm_mode or "unknown", kvm_line=facts.kvm_line or "",
-                   dev_kvm=bool(booted.runtime.dev_kvm), pvm_expected=board.expect.pvm, boot_el=facts.boot_el)
+                   dev_kvm=bool(booted.runtime.dev_kvm), pvm_expected=board.expect.pvm, boot_el=facts.boot_el,
+                   el2=facts.el2_summary)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,53 @@
+"""Who holds EL2 when Linux did not get it: a firmware hypervisor's signatures on the console.
+
+A board whose kernel boots at EL1 is either a board without EL2 at all or one
+whose firmware keeps it (Qualcomm's Gunyah / QHEE on Snapdragon, MediaTek's
+GenieZone).  The kernel's own lines (``CPU: All CPU(s) started at EL1``,
+``kvm [1]: HYP mode not available``) read the same in both cases; the
+firmware's banner and its reserved-memory and driver lines tell them apart.
+Pure: text in, fact out.  Signatures and their public sources:
+
+- Gunyah boot banner ``Hypervisor cold boot, version: gunyah-...`` and
+  reserved-memory nodes ``gunyah_hyp_region``, ``gunyah-md-region``
+  (qualcomm-linux/kernel PR triage threads #1075, #1083, #1085 on GitHub);
+  ``gunyah-hyp@80000000`` (upstream ``arch/arm64/boot/dts/qcom/hamoa.dtsi``,
+  ``eliza.dtsi``); driver lines ``misc gunyah: ...``, ``gunyah_rsc_mgr ...`` and
+  crosvm's ``creating hypervisor: Gunyah`` (polygraphene/gunyah-on-sd-guide README.md).
+- Android's ``ro.boot.hypervisor.version=gunyah`` / ``/sys/hypervisor/type`` = gunyah
+  (same threads; unconfirmed on every device).
+- MediaTek GenieZone: the name ``GenieZone`` / ``geniezone`` / ``gzvm`` in driver
+  and reserved-memory lines (upstream review of the MediaTek "gzvm" driver on
+  lore.kernel.org, 2023-2024; unconfirmed per device: treat as a hint).
+"""
+
+import re
+from dataclasses import dataclass
+
+SIGNATURES = (
+    ("Gunyah", re.compile(r"Hypervisor cold boot, version: gunyah", re.I)),
+    ("Gunyah", re.compile(r"gunyah[-_](?:hyp|md)[-_@]|gunyah_hyp_region|gunyah_rsc_mgr|misc gunyah:", re.I)),
+    ("Gunyah", re.compile(r"ro\.boot\.hypervisor\.version\s*[=:]\s*\[?gunyah", re.I)),
+    ("Gunyah", re.compile(r"creating hypervisor: Gunyah")),
+    ("GenieZone", re.compile(r"geniezone|\bgzvm\b", re.I)),
+)
+
+
+@dataclass(frozen=True)
+class El2Holder:
+    name: str = None          # "Gunyah", "GenieZone", or None: no firmware hypervisor seen
+    evidence: str = None      # the console line it was read from
+    line_number: int = None
+
+    def describe(self):
+        if self.name is None:
+            return "no EL2 (no firmware hypervisor seen)"
+        return f"EL2 held by {self.name} (evidence: {self.evidence})"
+
+
+def find_el2_holder(lines):
+    """The first firmware-hypervisor signature among ``lines`` (cleaned console lines), numbered from 1."""
+    for number, line in enumerate(lines, start=1):
+        for name, regex in SIGNATURES:
+            if regex.search(line):
+                return El2Holder(name, line.strip(), number)
+    return El2Holder()

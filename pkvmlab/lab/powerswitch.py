@@ -1,0 +1,194 @@
+"""QEMUPowerSwitch: a network power switch (labgrid's ``simplerest`` protocol) that powers a QEMU board.
+
+Why ours: labgrid drives bench boards through a PDU (``NetworkPowerDriver``)
+and a serial server (``NetworkSerialPort``), but its only QEMU path
+(``QEMUDriver``) owns the console and the power itself, so a QEMU board driven
+that way is not wired like a bench board.  This driver plays the PDU: an HTTP
+server bound to 127.0.0.1 that answers ``GET /relay/<index>/<1|0>`` by starting
+or stopping QEMU and ``GET /relay/<index>`` with ``1``/``0``, so the env file
+holds a ``NetworkPowerPort`` (model ``simplerest``) exactly as for a real PDU.
+
+"Power on" returns only once QEMU listens on its serial port (``-serial
+tcp:...,server=on,wait=on``: the guest starts when the console connects, so no
+firmware output is lost), or fails with QEMU's own error as the HTTP reason
+(labgrid's ``raise_for_status`` puts it in one line).  QEMU gets
+``PR_SET_PDEATHSIG`` so it never outlives the harness, also after a SIGKILL;
+deactivating the driver stops QEMU and the server.
+
+Config:
+    port (int): TCP port of the switch on 127.0.0.1
+    qemu_bin (str): key under ``tools:``
+    serial_port (int): the TCP port QEMU serves its serial console on
+    qemu_args (str): the rest of QEMU's command line (machine, cpu, memory, -bios ...)
+    bios (str): key under ``images:`` given as ``-bios``
+    kernel, initrd (str): keys under ``images:`` for a direct (EFI stub) boot, optional
+    boot_args (str): ``-append`` for a direct boot
+    start_timeout (float): seconds for QEMU to listen on its serial port
+"""
+
+import ctypes
+import http.server
+import shlex
+import signal
+import subprocess
+import threading
+import time
+
+import attr
+from labgrid.driver.common import Driver
+from labgrid.factory import target_factory
+from labgrid.step import step
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent():
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def listening(port):
+    """Whether something listens on 127.0.0.1:``port`` (read from /proc: connecting would be QEMU's client)."""
+    want = f":{port:04X} "
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as file:
+                for line in file:
+                    fields = line.split()
+                    if len(fields) > 3 and (fields[1] + " ").endswith(want) and fields[3] == "0A":
+                        return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
+class PowerError(Exception):
+    pass
+
+
+@target_factory.reg_driver
+@attr.s(eq=False)
+class QEMUPowerSwitchDriver(Driver):
+    bindings = {"tftp": {"TFTPProvider", None}}
+
+    port = attr.ib(converter=int)
+    qemu_bin = attr.ib(validator=attr.validators.instance_of(str))
+    serial_port = attr.ib(converter=int)
+    qemu_args = attr.ib(default="", validator=attr.validators.instance_of(str))
+    bios = attr.ib(default=None)
+    kernel = attr.ib(default=None)
+    initrd = attr.ib(default=None)
+    boot_args = attr.ib(default="", validator=attr.validators.instance_of(str))
+    start_timeout = attr.ib(default=20.0, converter=float)
+
+    def __attrs_post_init__(self):
+        super().__attrs_post_init__()
+        self._process = None
+        self._server = None
+        self._stderr = None
+        self._lock = threading.Lock()
+
+    def on_activate(self):
+        driver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's name
+                parts = self.path.strip("/").split("/")
+                if len(parts) == 3 and parts[0] == "relay" and parts[2] in ("0", "1"):
+                    try:
+                        driver.power(parts[2] == "1")
+                    except PowerError as error:
+                        self.send_response(500, " ".join(str(error).split())[:400])
+                        self.end_headers()
+                        return
+                    body = parts[2]
+                elif len(parts) == 2 and parts[0] == "relay":
+                    body = "1" if driver.is_on() else "0"
+                else:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            def log_message(self, *args):   # the step log says what happened
+                pass
+
+        try:
+            # One thread serves every request: PR_SET_PDEATHSIG fires when the *thread* that started
+            # QEMU ends, so QEMU must be started by the server's long-lived thread, not a per-request one.
+            self._server = http.server.HTTPServer(("127.0.0.1", self.port), Handler)
+        except OSError as error:
+            raise PowerError(f"power switch cannot listen on 127.0.0.1:{self.port}: {error.strerror}") from None
+        threading.Thread(target=self._server.serve_forever, name="qemu-power-switch", daemon=True).start()
+
+    def on_deactivate(self):
+        self.power(False)
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def is_on(self):
+        return self._process is not None and self._process.poll() is None
+
+    def command(self):
+        """QEMU's command line, built from the env file's keys."""
+        path = self.target.env.config.get_tool(self.qemu_bin)
+        cmd = [path, *shlex.split(self.qemu_args), "-nographic", "-monitor", "none",
+               "-serial", f"tcp:127.0.0.1:{self.serial_port},server=on,wait=on"]
+        images = self.target.env.config.get_image_path
+        if self.bios:
+            cmd += ["-bios", images(self.bios)]
+        if self.kernel:
+            cmd += ["-kernel", images(self.kernel)]
+        if self.initrd:
+            cmd += ["-initrd", images(self.initrd)]
+        if self.boot_args:
+            cmd += ["-append", self.boot_args]
+        if self.tftp is not None:
+            cmd += ["-netdev", f"user,id=n0,tftp={self.tftp.internal}",
+                    "-device", "virtio-net-pci,netdev=n0,romfile="]
+        return cmd
+
+    @step(args=["on"])
+    def power(self, on):
+        with self._lock:
+            if on:
+                self._start()
+            else:
+                self._stop()
+
+    def _start(self):
+        if self.is_on():
+            return
+        if listening(self.serial_port):
+            raise PowerError(f"serial port 127.0.0.1:{self.serial_port} is already taken by another process")
+        cmd = self.command()
+        self.logger.info("power on: %s", shlex.join(cmd))
+        self._process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
+        deadline = time.monotonic() + self.start_timeout
+        while not listening(self.serial_port):
+            if self._process.poll() is not None:
+                error = self._process.stderr.read().decode(errors="replace").strip()
+                self._process = None
+                raise PowerError(f"QEMU exited at power-on: {error or 'no message'}")
+            if time.monotonic() > deadline:
+                self._stop()
+                raise PowerError(f"QEMU did not open its serial port {self.serial_port} "
+                                 f"within {self.start_timeout:.0f} s")
+            time.sleep(0.02)
+
+    def _stop(self):
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+        process.stderr.close()

@@ -1,0 +1,61 @@
+"""Who holds EL2, through the real parser (pkvmlab.facts.console.parse_boot_log).
+
+The EL1 log is a real capture from the qemu-virt-el1 board.  The Gunyah and
+GenieZone logs are that capture with the firmware lines a Snapdragon / Dimensity
+board prints spliced in (synthesised: no such board here); the lines are the
+signatures cited in pkvmlab/facts/el2holder.py.
+"""
+
+from pathlib import Path
+
+from pkvmlab.facts.console import parse_boot_log
+from pkvmlab.isolation import Context, precondition
+
+FIXTURES = Path(__file__).parent / "fixtures" / "console"
+EL1_LOG = (FIXTURES / "qemu-virt-el1-7.3.4+deb13-arm64-protected.log").read_text()
+GUNYAH_BANNER = "Hypervisor cold boot, version: gunyah-e78adb36e debug (2024-03-01)"
+GUNYAH_RESERVED = ("[    0.000000] OF: reserved mem: 0x0000000080000000..0x00000000805fffff (6144 KiB) "
+                   "nomap non-reusable gunyah-hyp@80000000")
+GENIEZONE = ("[    0.000000] OF: reserved mem: 0x000000007c000000..0x000000007fffffff (65536 KiB) "
+             "nomap non-reusable geniezone@7c000000")
+
+
+def test_qemu_virt_el1_has_no_el2_at_all():
+    facts = parse_boot_log(EL1_LOG)
+    assert facts.boot_el == "EL1"
+    assert facts.el2_holder.name is None
+    assert facts.el2_summary == "no EL2 (no firmware hypervisor seen)"
+
+
+def test_gunyah_banner_names_the_holder_with_its_line():
+    facts = parse_boot_log(GUNYAH_BANNER + "\n" + EL1_LOG)
+    assert facts.boot_el == "EL1"
+    assert facts.el2_summary == f"EL2 held by Gunyah (evidence: {GUNYAH_BANNER})"
+    assert facts.evidence["el2_holder"] == 1
+
+
+def test_gunyah_reserved_memory_node_alone_is_enough():
+    lines = EL1_LOG.splitlines()
+    facts = parse_boot_log("\n".join(lines[:3] + [GUNYAH_RESERVED] + lines[3:]))
+    assert facts.el2_holder.name == "Gunyah"
+    assert "gunyah-hyp@80000000" in facts.el2_holder.evidence
+    assert facts.evidence["el2_holder"] == 4
+
+
+def test_geniezone():
+    facts = parse_boot_log(GENIEZONE + "\n" + EL1_LOG)
+    assert facts.el2_summary.startswith("EL2 held by GenieZone (evidence: OF: reserved mem:")
+
+
+def test_linux_at_el2_has_no_summary_even_with_a_mention():
+    facts = parse_boot_log((FIXTURES / "qemu-virt-7.3.4+deb13-arm64-protected-hvhe.log").read_text())
+    assert facts.boot_el == "EL2"
+    assert facts.el2_summary is None
+
+
+def test_pvm_skip_reason_carries_the_holder():
+    facts = parse_boot_log(GUNYAH_BANNER + "\n" + EL1_LOG)
+    ctx = Context(kvm_mode=facts.kvm_mode, kvm_line=facts.kvm_line, dev_kvm=False, boot_el=facts.boot_el,
+                  el2=facts.el2_summary)
+    verdict = precondition(ctx, None)
+    assert "EL2 held by Gunyah (evidence: Hypervisor cold boot" in str(verdict)
