@@ -26,17 +26,21 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pkvmlab.boards import load_board  # noqa: E402
+from pkvmlab.images.emulator import resolve_emulator  # noqa: E402
 from pkvmlab.images.manifest import load_image_set  # noqa: E402
 from pkvmlab.images.provision import provision  # noqa: E402
 
 
-def raw_command(board, provisioned):
-    """The board driver's own QEMU command line, with the console on stdio and poweroff at userspace."""
+def raw_command(board, provisioned, emulator):
+    """The board driver's own QEMU command line (same emulator and CPU as the harness's runs), with the
+    console on stdio and poweroff at userspace."""
     import labgrid
 
     import pkvmlab.lab  # noqa: F401  (registers our driver)
     os.environ["LG_PKVMLAB_IMAGES"] = str(provisioned.directory)
     os.environ["LG_PKVMLAB_KERNEL_ARGS"] = board.kernel_args + " pkvmlab.poweroff"
+    os.environ["LG_PKVMLAB_QEMU"] = str(emulator.binary)
+    os.environ["LG_PKVMLAB_CPU"] = board.emulator.cpu
     target = labgrid.Environment(str(board.env)).get_target()
     driver = target.get_driver("PkvmQEMUDriver", activate=False)
     return driver.get_qemu_base_args()
@@ -71,7 +75,8 @@ def main():
     args = parser.parse_args()
     board = load_board(args.board)
     provisioned = provision(load_image_set(board.image_set))
-    cmd = raw_command(board, provisioned)
+    emulator = resolve_emulator(None, board.emulator.qemu_min_version)
+    cmd = raw_command(board, provisioned, emulator)
     raw, harness = [], []
     with tempfile.TemporaryDirectory() as reports:
         time_raw(cmd)                      # warm the page cache for both sides
@@ -80,11 +85,13 @@ def main():
             harness.append(time_harness(args.board, reports))
     result = {
         "board": board.name, "kernel": provisioned.kernel_release, "repeat": args.repeat,
+        "emulator": emulator.version_line, "emulator_source": emulator.source, "cpu": board.emulator.cpu,
         "raw_seconds": [round(x, 3) for x in raw], "harness_seconds": [round(x, 3) for x in harness],
         "raw_median": round(statistics.median(raw), 3), "harness_median": round(statistics.median(harness), 3),
     }
     result["ratio"] = round(result["harness_median"] / result["raw_median"], 3)
-    print(f"board {board.name}, kernel {provisioned.kernel_release}, {args.repeat} runs each")
+    print(f"board {board.name}, kernel {provisioned.kernel_release}, {emulator.version_line} "
+          f"({emulator.source}), -cpu {board.emulator.cpu}, {args.repeat} runs each")
     print(f"raw QEMU to poweroff   median {result['raw_median']:.2f} s  {result['raw_seconds']}")
     print(f"pkvmlab run boot suite median {result['harness_median']:.2f} s  {result['harness_seconds']}")
     print(f"ratio harness/raw: {result['ratio']:.2f}x  (plain labgrid+pytest 1.85x, LAVA 2.2x, tuxrun 3.1x)")
