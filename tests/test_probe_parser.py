@@ -6,7 +6,7 @@ from pathlib import Path
 from pkvmlab.facts.probe import PROBES, VM_TYPES, parse_probe_output
 
 FIXTURES = Path(__file__).parent / "fixtures" / "elprobe"
-PROTECTED = FIXTURES / "qemu-virt-7.3.4+deb13-arm64-protected-hvhe.jsonl"
+PROTECTED = FIXTURES / "qemu-virt-7.3.4+deb13-arm64-protected-hvhe-qemu-7.2.jsonl"
 NVHE = FIXTURES / "qemu-virt-7.2.13+deb14-arm64-nvhe.jsonl"
 EL1 = FIXTURES / "qemu-virt-el1-7.2.13+deb14-arm64.jsonl"
 
@@ -47,7 +47,7 @@ def test_console_noise_between_and_before_records_is_kept_aside():
     noisy += ["\x1b[?25h" + line for line in lines[1:]]
     run = parse_probe_output("\r\n".join(noisy), exit_code=0)
     assert run.problem() is None
-    assert len(run.results) == 10
+    assert len(run.results) == len(PROBES) * len(VM_TYPES)
     assert run.garbage == ["\x1b[6nelprobe --timeout 30", "[    4.593467] kvm: protected VMs are experimental"]
 
 
