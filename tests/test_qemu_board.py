@@ -67,7 +67,12 @@ def test_qemu_virt_boots_pkvm_and_passes(tmp_path):
     assert "protected" in props["pkvmlab.kvm_mode"]
     assert props["pkvmlab.kernel_release"] and props["pkvmlab.kernel_package"]
     assert float(props["pkvmlab.boot_seconds"]) > 0
-    assert suite.get("name") == f"qemu-virt/{props['pkvmlab.kernel_release']}/protected"
+    assert suite.get("name") == (f"qemu-virt/{props['pkvmlab.kernel_release']}/protected/"
+                                 f"{props['pkvmlab.emulator']}/max")
+    # The emulator is a recorded fact: the board's minimum (QEMU 10.0) is what ran.
+    assert props["pkvmlab.emulator_version"].startswith("QEMU emulator version 1")
+    assert int(props["pkvmlab.emulator"].split("-")[1].split(".")[0]) >= 10, props["pkvmlab.emulator"]
+    assert props["pkvmlab.cpu"] == "max,pauth-impdef=on"
     log = run_dir / props["pkvmlab.console_log"]
     assert "Protected" in log.read_text() and "pkvmlab# " in log.read_text()
     assert (run_dir / "images.json").is_file()
