@@ -76,7 +76,7 @@ class EmulatorArtifact:
     kvm_mode: str = None
 
     def applies(self, qemu_version, kvm_mode):
-        if qemu_version is None or _version(qemu_version) >= _version(self.qemu_below):
+        if qemu_version is None or version_tuple(qemu_version) >= version_tuple(self.qemu_below):
             return False
         return self.kvm_mode is None or self.kvm_mode == kvm_mode
 
@@ -85,7 +85,8 @@ class EmulatorArtifact:
         return f"QEMU < {self.qemu_below}" + (f", {self.kvm_mode}" if self.kvm_mode else "")
 
 
-def _version(text):
+def version_tuple(text):
+    """'10.0.2' -> (10, 0, 2): versions compared as numbers."""
     return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
 
 

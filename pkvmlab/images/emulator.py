@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..boards import version_tuple
 from ..errors import ConfigError, ImageError, InfrastructureError
 from .debian import DebianArchive
 from .progress import note
@@ -58,10 +59,6 @@ class Emulator:
     def record(self):
         return {"binary": str(self.binary), "version": self.version, "version_line": self.version_line,
                 "source": self.source, "package": self.package}
-
-
-def version_tuple(text):
-    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
 
 
 def query_version(binary):

@@ -28,14 +28,14 @@ from labgrid.strategy.common import Strategy, StrategyError, never_retry
 from pexpect import EOF, TIMEOUT
 
 from ..errors import BootError
+from .bootstrategy import BOOT_FAILURES
 from .strategystate import parse_status
 
 FAILURES = (
     ("TFTP failed", re.compile(rb"(?:TFTP error[^\r\n]*|Retry count exceeded[^\r\n]*|"
                                rb"File not found[^\r\n]*|ERROR: can't get kernel image[^\r\n]*)")),
     ("wrong image", re.compile(rb"(?:Bad Linux ARM64 Image magic[^\r\n]*|Wrong Ramdisk Image Format[^\r\n]*)")),
-    ("kernel panic", re.compile(rb"Kernel panic - not syncing[^\r\n]*")),
-    ("hypervisor panic", re.compile(rb"HYP panic[^\r\n]*")),
+    *BOOT_FAILURES,   # the kernel's own: one panic table for every strategy
 )
 
 
