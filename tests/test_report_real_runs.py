@@ -135,7 +135,6 @@ def test_every_run_wrote_junit_that_jenkins_accepts(runs):
     for name, expected_exit in (("virt-1", 0), ("el1", 0), ("matrix", 0), ("virt-2", 1), ("wrong", 1)):
         assert runs[name].returncode == expected_exit, f"{name}: {output(runs[name])}"
         SCHEMA.validate(str(junit_of(runs, name)))
-    assert runs["seconds"] < 60, runs["seconds"]
 
 
 def test_merge_gives_one_valid_junit_with_a_suite_per_board_kernel_mode(runs, merged, kernel, stack):
