@@ -91,19 +91,23 @@ class BootShellStrategy(Strategy):
                 self.console.settle(0.5, timeout=3)   # let the panic's backtrace reach the log
             except (EOF, TIMEOUT):
                 pass
-            self._fail(f"{what} {elapsed:.1f} s into the boot: {match.group(0).decode(errors='replace')}")
+            self._fail(f"{what}: {match.group(0).decode(errors='replace').strip()} ({elapsed:.1f} s into the boot)")
         if patterns[index] is EOF:
-            self._fail(f"the board went away {elapsed:.1f} s into the boot (console closed)")
-        self._fail(f"no shell prompt ({self.shell.prompt!r}) within the boot timeout of {self.boot_timeout:.0f} s")
+            code = self.power.exit_status() if hasattr(self.power, "exit_status") else None
+            # QEMU gone without a panic on its console: killed or crashed, the lab's fault.
+            self._fail(f"QEMU died {elapsed:.1f} s into the boot (exit code {code})", infrastructure=True)
+        self._fail(f"no shell prompt within {self.boot_timeout:.0f} s ({self.shell.prompt!r} never seen)")
 
-    def _fail(self, message):
+    def _fail(self, message, infrastructure=False):
         tail = self.console_log.tail(25) if self.console_log else ""
         log = self.console_log.path if self.console_log else None
         try:
             self.power.off()
         except Exception:  # noqa: BLE001 - the boot error is what matters; the power-off is best effort
             self.logger.warning("power off after a failed boot failed too", exc_info=True)
-        raise BootError(f"{self.target.name}: {message}", console_tail=tail, log_path=log)
+        error = BootError(f"{message} [{self.target.name}]", console_tail=tail, log_path=log)
+        error.infrastructure = infrastructure
+        raise error
 
     @never_retry
     @step(args=["status"])

@@ -66,7 +66,7 @@ class PkvmQEMUDriver(QEMUDriver):
                 self._clientsocket.setblocking(False)
                 break
             if self._child.poll() is not None:
-                self._fail_start(f"QEMU exited at start with code {self._child.returncode}")
+                self._fail_start(f"QEMU exited at start (code {self._child.returncode})")
             if time.monotonic() > deadline:
                 self._child.kill()
                 self._child.wait()
@@ -84,7 +84,8 @@ class PkvmQEMUDriver(QEMUDriver):
         self._stderr.seek(0)
         err = self._stderr.read().decode(errors="replace").strip()
         self._child = None
-        raise InfrastructureError(f"{what}: {err or '(nothing on stderr)'}\ncommand: {' '.join(self._cmd)}")
+        first = err.splitlines()[0] if err else "(nothing on stderr)"
+        raise InfrastructureError(f"{what}: {first}\n{err}\ncommand: {' '.join(self._cmd)}")
 
     @step()
     def off(self):

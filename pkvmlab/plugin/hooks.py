@@ -128,6 +128,8 @@ def pytest_runtest_makereport(item, call):
     run = item.config.stash.get(RUN_KEY, None)
     report._pkvmlab_run = run
     session = run.session if run else None
+    if run is not None and report.failed and call.excinfo is not None:
+        _classify(run, report, call.excinfo.value)
     if call.when == "setup":
         item.stash[_CONSOLE_MARK_KEY] = _console_size(session)
     if report.failed and session is not None and session.console_log is not None:
@@ -173,6 +175,23 @@ def pytest_runtest_logreport(report):
         journal.write(json.dumps(entry) + "\n")
 
 
+def _classify(run, report, exc):
+    """File the failure in its class (pkvmlab.outcome); the JUnit file gets its type and message."""
+    from ..outcome import classify
+    session = run.session
+    console = None
+    if session is not None and session.console_log is not None:
+        try:
+            console = session.console_log.text()
+        except OSError:
+            console = None
+    power = session.target.get_driver("PowerProtocol", activate=False) if session is not None else None
+    outcome = classify(exc, console_text=console,
+                       qemu_exit=power.exit_status() if hasattr(power, "exit_status") else None)
+    report._pkvmlab_outcome = outcome
+    run.outcomes[(report.nodeid, report.when)] = outcome
+
+
 def _console_size(session):
     if session is None or session.console_log is None:
         return 0
@@ -207,6 +226,16 @@ def pytest_sessionfinish(session, exitstatus):
         repaired = name_interrupted_case(data, classname, item.name, f"interrupted while running {item.nodeid}")
         if repaired is not data:
             run.junit_partial.write_bytes(repaired)
+    from ..outcome import exit_code
+    from ..report.junit import apply_outcomes
+    if run.outcomes:
+        data = run.junit_partial.read_bytes()
+        marked = apply_outcomes(data, run.outcomes)
+        if marked is not data:
+            run.junit_partial.write_bytes(marked)
+    code = exit_code(o.kind for o in run.outcomes.values())
+    if code is not None and session.exitstatus in (pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.OK):
+        session.exitstatus = code
     problems = validate_junit(run.junit_partial)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if problems:

@@ -89,6 +89,7 @@ class RunState:
         self.measured = {}
         self.session = None          # BoardSession, once booted
         self.running = None          # the pytest item running now (named in JUnit after an interrupt)
+        self.outcomes = {}           # (nodeid, when) -> pkvmlab.outcome.Outcome of each failure
 
     @classmethod
     def from_options(cls, option):

@@ -120,6 +120,37 @@ def name_interrupted_case(data, classname, name, message):
     return b'<?xml version="1.0" encoding="utf-8"?>' + ET.tostring(root, encoding="utf-8")
 
 
+def apply_outcomes(data, outcomes):
+    """pytest's JUnit with each failure's ``type`` and one-line ``message`` from pkvmlab.outcome.
+
+    ``outcomes`` maps (nodeid, when) to an Outcome.  pytest writes a setup error's
+    message as ``failed on setup with "<last exception>"``, which after labgrid's
+    never_retry is ``BootShellStrategy is in broken state``; the first cause
+    replaces it, and the type names the failure's class.  Returns bytes
+    (``data`` unchanged when nothing matched).
+    """
+    import xml.etree.ElementTree as ET
+    from _pytest.junitxml import mangle_test_address
+    wanted = {}
+    for (nodeid, when), outcome in outcomes.items():
+        names = mangle_test_address(nodeid)
+        wanted[(".".join(names[:-1]), names[-1], "failure" if when == "call" else "error")] = outcome
+    root = ET.fromstring(data)
+    changed = False
+    for case in root.iter("testcase"):
+        for tag in ("failure", "error"):
+            outcome = wanted.get((case.get("classname"), case.get("name"), tag))
+            element = case.find(tag)
+            if outcome is None or element is None:
+                continue
+            element.set("type", outcome.kind.junit_type)
+            element.set("message", outcome.message)
+            changed = True
+    if not changed:
+        return data
+    return b'<?xml version="1.0" encoding="utf-8"?>' + ET.tostring(root, encoding="utf-8")
+
+
 def _sum_suites(root):
     if root.tag != "testsuites":
         return
