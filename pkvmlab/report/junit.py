@@ -130,6 +130,7 @@ def apply_outcomes(data, outcomes):
     (``data`` unchanged when nothing matched).
     """
     import xml.etree.ElementTree as ET
+
     from _pytest.junitxml import mangle_test_address
     wanted = {}
     for (nodeid, when), outcome in outcomes.items():
