@@ -2,14 +2,17 @@
 
 Whose fault a failure is decides what a lab does next, so every failed or
 errored test is filed in exactly one class, each with its JUnit ``type`` and
-its exit code (10 and up: pytest's own codes are 0-5, ``pkvmlab`` used 2/3):
+its exit code.  pytest's own codes keep their meaning (0 passed, 1 tests failed,
+2 interrupted or usage error, 3 internal error, 4 usage, 5 nothing collected):
+a board finding is a failed test, so it stays 1; the other classes get 10-14,
+which neither pytest nor ``timeout(1)`` (124-137) uses:
 
 ==============  ========================  ====  ===============================================
 class           JUnit type                exit  meaning
 ==============  ========================  ====  ===============================================
 configuration   pkvmlab.configuration     10    a file or option the user wrote is wrong
 infrastructure  pkvmlab.infrastructure    11    the lab failed: QEMU died, a download, a device
-board           pkvmlab.board             12    the board misbehaves: panic, hang, wrong EL, leak
+board           pkvmlab.board             1     the board misbehaves: panic, hang, wrong EL, leak
 harness         pkvmlab.harness           13    a bug in pkvmlab or a suite (unexpected exception)
 interrupted     pkvmlab.interrupted       14    SIGTERM/SIGINT/SIGHUP ended the run
 ==============  ========================  ====  ===============================================
@@ -40,7 +43,7 @@ class Kind:
         return f"pkvmlab.{self.name}"
 
 
-BOARD = Kind("board", 12, 1)
+BOARD = Kind("board", 1, 1)
 HARNESS = Kind("harness", 13, 2)
 INFRASTRUCTURE = Kind("infrastructure", 11, 3)
 CONFIGURATION = Kind("configuration", 10, 4)

@@ -66,9 +66,40 @@ class BoardSession:
         return getattr(self.strategy, "boot_seconds", None)
 
     def run(self, cmd, timeout=30):
-        """Run ``cmd`` on the board; returns (stdout lines, exit code)."""
-        stdout, _, code = self.command.run(cmd, timeout=timeout)
+        """Run ``cmd`` on the board; returns (stdout lines, exit code).
+
+        Output that is not UTF-8 (a test that wrote binary to the console, line noise on a serial
+        cable) is decoded with U+FFFD in place of the bad bytes: it must not fail whichever test
+        reads next.  The console log keeps the raw bytes.
+        """
+        stdout, _, code = self.command.run(cmd, timeout=timeout, decodeerrors="replace")
         return stdout, code
+
+    def drain_console(self, limit=1 << 20):
+        """Read what the board printed and nobody read yet, so the console log has it now.
+
+        Called at test boundaries: bytes a test made the board print land in the
+        console log (and that test's excerpt) before the next test starts.
+        Only what has already arrived is read (no wait); a console that is
+        gone or not active is left alone.
+        """
+        if self.console_log is None:
+            return 0
+        from labgrid.binding import BindingState
+        from pexpect import ExceptionPexpect
+        console = self.console_log.console
+        if getattr(console, "state", None) is not BindingState.active:
+            return 0
+        read = 0
+        try:
+            while read < limit:
+                data = console.read(size=4096, timeout=0.0)
+                if not data:        # a closed socket reads empty
+                    break
+                read += len(data)
+        except (ExceptionPexpect, OSError):   # nothing more, or the console is gone (the test says why)
+            pass
+        return read
 
     def run_check(self, cmd, timeout=30):
         lines, code = self.run(cmd, timeout)

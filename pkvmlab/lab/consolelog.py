@@ -16,6 +16,7 @@ class ConsoleLog:
         self._file = open(path, "ab", buffering=0)
         self._tail = bytearray()
         self._tail_bytes = tail_bytes
+        self.write_error = None      # the OSError that stopped the file (disk full), if any
         steps.subscribe(self._notify)
 
     def _notify(self, event):
@@ -25,12 +26,15 @@ class ConsoleLog:
             self.write(step.result)
 
     def write(self, data):
-        if self._file.closed:
-            return
-        self._file.write(data)
         self._tail += data
         if len(self._tail) > 2 * self._tail_bytes:
             del self._tail[:-self._tail_bytes]
+        if self._file.closed or self.write_error is not None:
+            return
+        try:
+            self._file.write(data)
+        except OSError as err:   # a full disk: keep the tail in memory; the run reports the error once
+            self.write_error = err
 
     def text(self):
         """Everything logged so far (read back from the file)."""

@@ -4,6 +4,7 @@ import gc
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from _pytest.junitxml import xml_key
 
 from ..errors import ConfigError, PkvmlabError
 from .records import finish_records, start_records
-from .run import KVM_ARM_MODES, RunState
+from .run import KVM_ARM_MODES, RunState, check_environment_file
 
 RUN_KEY = pytest.StashKey[RunState]()
 _CONSOLE_MARK_KEY = pytest.StashKey[int]()
@@ -37,26 +38,63 @@ def pytest_addoption(parser):
                     help="resolve kernel and packages again instead of using the cached resolution")
 
 
-def _raise_sigterm_as_interrupt(signum, frame):
-    # pytest writes its JUnit file after KeyboardInterrupt but not after SIGTERM.
-    raise KeyboardInterrupt(f"signal {signum}")
+# Signals that end a run the way Ctrl-C does.  pytest writes its JUnit file after KeyboardInterrupt
+# but not after SIGTERM or SIGHUP (the default action kills the process with no report at all).
+INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _interrupt_handler(run):
+    def handler(signum, frame):
+        name = signal.Signals(signum).name
+        if run.interrupted_by is None:
+            run.interrupted_by = name
+        raise KeyboardInterrupt(f"interrupted by {name}")
+    return handler
+
+
+# Options after which pytest only prints (help, the collected tests, the fixtures): a run of those
+# leaves no run directory, no history row and no provisioning behind.
+_PRINT_ONLY_OPTIONS = ("help", "version", "collectonly", "showfixtures", "show_fixtures_per_test", "markers")
+
+
+def _print_only(config):
+    return any(getattr(config.option, name, False) for name in _PRINT_ONLY_OPTIONS)
+
+
+def _stop_before_start(err, dry):
+    """End the run before anything is written, with one line and the exit code of the error's class.
+
+    ``pytest.exit`` from configure prints ``Exit: <message>`` and returns its code (10 for
+    configuration, 11 for infrastructure: ``pkvmlab.outcome``); under ``--help`` pytest configures
+    outside its session, where only a UsageError is reported cleanly.
+    """
+    from ..outcome import classify
+    outcome = classify(err)
+    message = f"pkvmlab: {outcome.kind.name} error: " + (str(err) if isinstance(err, ConfigError)
+                                                          else f"{type(err).__name__}: {err}")
+    if dry:
+        raise pytest.UsageError(message) from None
+    pytest.exit(message, returncode=outcome.kind.exit_code)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
     config.addinivalue_line("markers", "board_kind(*kinds): run the test only on boards of these kinds")
+    dry = _print_only(config)
     try:
-        run = RunState.from_options(config.option)
-    except ConfigError as err:
-        raise pytest.UsageError(str(err)) from None
+        run = RunState.from_options(config.option, dry=dry)
+        if run is not None:
+            check_environment_file(config.option.lg_env or run.board.env)
     except PkvmlabError as err:
-        raise pytest.UsageError(f"{type(err).__name__}: {err}") from None
+        _stop_before_start(err, dry)
     if run is None:
         return
     config.stash[RUN_KEY] = run
     run.export_environment()
     if not config.option.lg_env:
         config.option.lg_env = str(run.board.env)
+    if dry:
+        return
     final = Path(config.option.xmlpath) if config.option.xmlpath else run.run_dir / "junit.xml"
     run.junit_final = final.resolve()
     run.junit_partial = run.junit_final.parent / f".{run.junit_final.name}.partial"
@@ -64,16 +102,17 @@ def pytest_configure(config):
     if not config.option.log_file and not config.getini("log_file"):
         config.option.log_file = str(run.run_dir / "harness.log")
         config.option.log_file_level = config.option.log_file_level or "INFO"
-    run.previous_sigterm = signal.signal(signal.SIGTERM, _raise_sigterm_as_interrupt)
+    handler = _interrupt_handler(run)
+    run.previous_handlers = {sig: signal.signal(sig, handler) for sig in INTERRUPT_SIGNALS}
     run.audit = start_records(run)
 
 
 def pytest_unconfigure(config):
     run = config.stash.get(RUN_KEY, None)
-    if run is not None:
+    if run is not None and not run.dry:
         finish_records(run, getattr(run, "audit", None))
-    if run is not None and getattr(run, "previous_sigterm", None) is not None:
-        signal.signal(signal.SIGTERM, run.previous_sigterm)
+    for sig, previous in (getattr(run, "previous_handlers", None) or {}).items():
+        signal.signal(sig, previous)
 
 
 def pytest_report_header(config):
@@ -88,7 +127,7 @@ def pytest_report_header(config):
         kernel = run.provisioned.record.get("kernel", {})
         lines.append(f"pkvmlab images: {run.provisioned.directory} (kernel {kernel.get('release')} from "
                      f"{kernel.get('package', kernel.get('path'))} {kernel.get('version', '')})")
-    lines.append(f"pkvmlab report: {run.run_dir}")
+    lines.append(f"pkvmlab report: {run.run_dir}" + (" (not written: nothing runs)" if run.dry else ""))
     return lines
 
 
@@ -128,6 +167,10 @@ def pytest_runtest_makereport(item, call):
     run = item.config.stash.get(RUN_KEY, None)
     report._pkvmlab_run = run
     session = run.session if run else None
+    if session is not None and call.when in ("setup", "call"):
+        # What the board printed up to now belongs to the test that just ran (or the gap before this
+        # one), not to whichever test reads the console next.
+        session.drain_console()
     if run is not None and report.failed and call.excinfo is not None:
         _classify(run, report, call.excinfo.value)
     if call.when == "setup":
@@ -190,6 +233,24 @@ def _classify(run, report, exc):
                        qemu_exit=power.exit_status() if hasattr(power, "exit_status") else None)
     report._pkvmlab_outcome = outcome
     run.outcomes[(report.nodeid, report.when)] = outcome
+    crash = getattr(report.longrepr, "reprcrash", None)
+    if crash is not None:     # the terminal's short summary and pytest's JUnit message say the first cause
+        crash.message = f"[{outcome.kind.name}] {outcome.message}"
+
+
+def _mark_interrupted(session, run):
+    """An interrupted run says so: the running test is an error of class interrupted, the suite
+    carries ``pkvmlab.interrupted`` (history and the HTML report read it), the exit code is 14."""
+    from ..outcome import INTERRUPTED, Outcome
+    how = f"interrupted by {run.interrupted_by or 'SIGINT'}"
+    if run.running is not None:
+        nodeid = run.running.nodeid
+        run.outcomes[(nodeid, "interrupted")] = Outcome(INTERRUPTED, f"{how} while running {nodeid}")
+    else:
+        run.outcomes[("", "interrupted")] = Outcome(INTERRUPTED, how)
+    xml = session.config.stash.get(xml_key, None)
+    if xml is not None:
+        xml.add_global_property("pkvmlab.interrupted", run.interrupted_by or "SIGINT")
 
 
 def _console_size(session):
@@ -212,29 +273,71 @@ def _console_since(path, offset):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_sessionfinish(session, exitstatus):
-    """After pytest wrote its JUnit file: validate it, then move it into place atomically."""
-    result = yield
+    """After pytest wrote its JUnit file: validate it, then move it into place atomically.
+
+    A report that cannot be written (disk full, directory gone) ends the run with
+    one line naming the file and the error, exit code 11 (infrastructure), and
+    no partial file left behind that a dashboard could take for a result.
+    """
     run = session.config.stash.get(RUN_KEY, None)
-    if run is None or run.junit_partial is None or not run.junit_partial.exists():
+    interrupted = run is not None and (run.interrupted_by is not None or exitstatus == pytest.ExitCode.INTERRUPTED)
+    if interrupted:
+        _mark_interrupted(session, run)
+    try:
+        result = yield
+        if run is None or run.junit_partial is None or not run.junit_partial.exists():
+            return result
+        _finish_report(session, run)
         return result
-    from ..report.junit import name_interrupted_case, validate_junit
+    except OSError as err:
+        if run is None:
+            raise
+        _report_not_written(session, run, err)
+        return None
+
+
+def _report_not_written(session, run, err):
+    from ..outcome import INFRASTRUCTURE
+    if run.junit_partial is not None:
+        try:
+            run.junit_partial.unlink(missing_ok=True)
+        except OSError:
+            pass
+    where = err.filename or run.run_dir
+    message = f"pkvmlab: infrastructure error: the report could not be written: {err.strerror or err} ({where})"
+    console = run.session.console_log if run.session is not None else None
+    if console is not None and console.write_error is not None:
+        message += f"; the console log stopped early: {console.write_error.strerror} ({console.path})"
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(message, red=True)
+    else:
+        print(message, file=sys.stderr)
+    run.final_message = message
+    session.exitstatus = INFRASTRUCTURE.exit_code
+
+
+def _finish_report(session, run):
+    from ..outcome import exit_code
+    from ..report.junit import apply_outcomes, name_interrupted_case, validate_junit
     if run.running is not None:
         # pytest writes the interrupted test as a <testcase> without names: give them back.
         item = run.running
         classname = ".".join(item.nodeid.split("::")[:-1]).replace("/", ".").replace(".py", "") or item.path.stem
         data = run.junit_partial.read_bytes()
-        repaired = name_interrupted_case(data, classname, item.name, f"interrupted while running {item.nodeid}")
+        outcome = run.outcomes.get((item.nodeid, "interrupted"))
+        message = outcome.message if outcome else f"ended while running {item.nodeid}"
+        repaired = name_interrupted_case(data, classname, item.name, message)
         if repaired is not data:
             run.junit_partial.write_bytes(repaired)
-    from ..outcome import exit_code
-    from ..report.junit import apply_outcomes
     if run.outcomes:
         data = run.junit_partial.read_bytes()
         marked = apply_outcomes(data, run.outcomes)
         if marked is not data:
             run.junit_partial.write_bytes(marked)
     code = exit_code(o.kind for o in run.outcomes.values())
-    if code is not None and session.exitstatus in (pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.OK):
+    if code is not None and session.exitstatus in (pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.OK,
+                                                   pytest.ExitCode.INTERRUPTED):
         session.exitstatus = code
     problems = validate_junit(run.junit_partial)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
@@ -245,13 +348,12 @@ def pytest_sessionfinish(session, exitstatus):
         if reporter:
             reporter.write_line(message, red=True)
         session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
-        return result
+        return
     os.replace(run.junit_partial, run.junit_final)
     from ..report.publish import HISTORY_NAME, publish_run
     published = publish_run(run.junit_final, run.reports_dir / HISTORY_NAME)
     log = f"console log {run.run_dir / 'console.log'}" if run.has_console else f"kernel log {run.run_dir / 'dmesg.txt'}"
     run.final_message = "\n".join([*published, f"pkvmlab: report {run.junit_final} ({log})"])
-    return result
 
 
 @pytest.hookimpl(trylast=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from ..boards import check_cpu, load_board, project_root
-from ..errors import ConfigError
+from ..errors import ConfigError, InfrastructureError
 from ..images.emulator import resolve_emulator
 from ..images.manifest import load_image_set
 from ..images.provision import provision
@@ -30,11 +30,15 @@ EXPECTED_KVM_MODE_NO_VHE = {"protected": "protected-nvhe", "nvhe": "nvhe", "defa
 KVM_ARM_MODES = tuple(EXPECTED_KVM_MODE)
 
 
+class _TolerantLoader(yaml.SafeLoader):
+    """YAML as labgrid reads it, with its tags (``!template``...) read as nothing."""
+
+
+_TolerantLoader.add_constructor(None, lambda loader, node: None)
+
+
 def board_named_by_env(env_path):
     """``options.pkvmlab_board`` of a labgrid environment file, or None."""
-    class _TolerantLoader(yaml.SafeLoader):
-        pass
-    _TolerantLoader.add_constructor(None, lambda loader, node: None)   # labgrid's !template etc.
     try:
         data = yaml.load(Path(env_path).read_text(), Loader=_TolerantLoader)  # noqa: S506
     except (OSError, yaml.YAMLError):
@@ -74,6 +78,49 @@ def new_run_id(board_name, suffix=""):
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{stamp}-{board_name}{suffix}")
 
 
+def make_run_dir(reports, run_id, chosen):
+    """Create ``reports/<run_id>``; returns (run_dir, run_id).
+
+    A chosen ``--run-id`` may be reused (its files are replaced).  A generated id
+    has one-second resolution, so two runs started in the same second get
+    ``-2``, ``-3``...: ``mkdir`` without ``exist_ok`` is the atomic claim.
+    A reports directory that cannot be written is the lab's problem, said in one line.
+    """
+    try:
+        reports.mkdir(parents=True, exist_ok=True)
+        if chosen:
+            (reports / run_id).mkdir(exist_ok=True)
+            return reports / run_id, run_id
+        for n in range(1, 1000):
+            candidate = run_id if n == 1 else f"{run_id}-{n}"
+            try:
+                (reports / candidate).mkdir()
+                return reports / candidate, candidate
+            except FileExistsError:
+                continue
+        raise InfrastructureError(f"{reports}: 999 runs named {run_id}* already exist")
+    except OSError as err:
+        raise InfrastructureError(f"reports directory {reports} cannot be written: "
+                                  f"{err.strerror or err} ({err.filename or reports})") from None
+
+
+def check_environment_file(path):
+    """A labgrid environment file that is not YAML: ConfigError naming file:line, not labgrid's traceback."""
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ConfigError(path, [f"{path}: labgrid environment cannot be read: {err.strerror or err}"]) from None
+    try:
+        data = yaml.load(text, Loader=_TolerantLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        what = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(path, [f"{where}: not valid YAML: {what}"]) from None
+    if not isinstance(data, dict) or not isinstance(data.get("targets"), dict):
+        raise ConfigError(path, [f"{path}: a labgrid environment needs a 'targets' mapping"])
+
+
 class RunState:
     def __init__(self, board, image_set, provisioned, run_dir, run_id, kernel_suite=None, emulator=None):
         self.board = board
@@ -90,10 +137,16 @@ class RunState:
         self.session = None          # BoardSession, once booted
         self.running = None          # the pytest item running now (named in JUnit after an interrupt)
         self.outcomes = {}           # (nodeid, when) -> pkvmlab.outcome.Outcome of each failure
+        self.interrupted_by = None   # "SIGTERM", "SIGINT", "SIGHUP" once a signal ended the run
+        self.dry = False             # --help, --collect-only...: nothing is provisioned or written
 
     @classmethod
-    def from_options(cls, option):
-        """None when no board is chosen; raises ConfigError/ImageError/InfrastructureError on bad input."""
+    def from_options(cls, option, dry=False):
+        """None when no board is chosen; raises ConfigError/ImageError/InfrastructureError on bad input.
+
+        ``dry`` (pytest only prints: --help, --collect-only): the board and image set are checked,
+        nothing is fetched, provisioned or written.
+        """
         name = option.pkvmlab_board
         lg_env = option.lg_env or os.environ.get("LG_ENV")
         if not name and lg_env:
@@ -116,31 +169,41 @@ class RunState:
             # Whether this kernel can make protected VMs is what the run measures, not a requirement.
             board = dataclasses.replace(board, expect=dataclasses.replace(board.expect, pvm=None)
                                         if board.expect.pvm else board.expect)
+        reports = Path(option.pkvmlab_reports or project_root() / "reports")
+        if dry:
+            state = cls(board, image_set, None, reports / "(none)", "(none)", option.pkvmlab_kernel_suite)
+            state.reports_dir, state.dry = reports, True
+            return state
         emulator = None
         if board.emulator is not None:
             emulator = resolve_emulator(option.pkvmlab_qemu, board.emulator.qemu_min_version,
                                         refresh=option.pkvmlab_refresh_images)
         provisioned = provision(image_set, refresh=option.pkvmlab_refresh_images) if image_set else None
-        reports = Path(option.pkvmlab_reports or project_root() / "reports")
         suffix = ""
         if option.pkvmlab_kernel_suite or option.pkvmlab_kvm_mode:
             suffix = f"-{option.pkvmlab_kernel_suite or 'default'}-{option.pkvmlab_kvm_mode or board.kvm_arm_mode}"
         if option.pkvmlab_qemu or option.pkvmlab_cpu:
             suffix += f"-{emulator.label}-{board.emulator.cpu_model}"
-        run_id = option.pkvmlab_run_id or new_run_id(board.name, suffix)
-        run_dir = reports / run_id
-        run_dir.mkdir(parents=True, exist_ok=bool(option.pkvmlab_run_id))
+        run_dir, run_id = make_run_dir(reports, option.pkvmlab_run_id or new_run_id(board.name, suffix),
+                                       chosen=bool(option.pkvmlab_run_id))
         state = cls(board, image_set, provisioned, run_dir, run_id, option.pkvmlab_kernel_suite, emulator)
         state.reports_dir = reports
         if provisioned:
             record = dict(provisioned.record)
             if emulator:
                 record["emulator"] = dict(emulator.record(), cpu=board.emulator.cpu)
-            (run_dir / "images.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+            target = run_dir / "images.json"
+            try:
+                target.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+            except OSError as err:
+                raise InfrastructureError(f"{target} cannot be written: {err.strerror or err}") from None
         return state
 
     def export_environment(self):
         """The variables the labgrid environment's !template values refer to."""
+        if self.dry:    # labgrid resolves the templates when it loads the file; nothing runs
+            for name in ("LG_PKVMLAB_IMAGES", "LG_PKVMLAB_QEMU", "LG_PKVMLAB_CPU"):
+                os.environ.setdefault(name, "(not provisioned)")
         if self.provisioned:
             os.environ["LG_PKVMLAB_IMAGES"] = str(self.provisioned.directory)
         os.environ["LG_PKVMLAB_KERNEL_ARGS"] = self.board.kernel_args

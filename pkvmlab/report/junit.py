@@ -134,6 +134,8 @@ def apply_outcomes(data, outcomes):
     from _pytest.junitxml import mangle_test_address
     wanted = {}
     for (nodeid, when), outcome in outcomes.items():
+        if not nodeid:      # the run's, not a test's (interrupted between tests)
+            continue
         names = mangle_test_address(nodeid)
         wanted[(".".join(names[:-1]), names[-1], "failure" if when == "call" else "error")] = outcome
     root = ET.fromstring(data)
