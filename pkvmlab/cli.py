@@ -20,7 +20,7 @@ from pathlib import Path
 from .boards import known_boards, load_board, project_root
 from .errors import ConfigError, PkvmlabError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED = 0, 1     # the other codes are the failure classes' (pkvmlab.outcome, README)
 
 
 def _err(message):
@@ -160,15 +160,15 @@ def main(argv=None):
         if getattr(args, "takes_extra", False):
             return args.func(args, extra)
         return args.func(args)
-    except ConfigError as err:
-        _err(str(err))
-        return EXIT_USAGE
     except PkvmlabError as err:
-        _err(f"{type(err).__name__}: {err}")
-        return EXIT_INFRA
+        from .outcome import classify
+        kind = classify(err).kind
+        _err(f"{kind.name}: " + (str(err) if isinstance(err, ConfigError) else f"{type(err).__name__}: {err}"))
+        return kind.exit_code
     except KeyboardInterrupt:
+        from .outcome import INTERRUPTED
         _err("interrupted")
-        return 130
+        return INTERRUPTED.exit_code
 
 
 def entry():

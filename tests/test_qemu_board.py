@@ -4,57 +4,15 @@ Each test is one real boot (about 3-5 s under TCG).  JUnit files are parsed
 back and validated against Jenkins' junit-10.xsd.
 """
 
-import os
 import signal
 import subprocess
 import sys
 import time
-import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
-import xmlschema
+from boardrun import ROOT, board_variant, kill_qemu_children, parse_junit, pkvmlab, run_board
 
-ROOT = Path(__file__).resolve().parent.parent
-SCHEMA = xmlschema.XMLSchema(str(Path(__file__).parent / "schemas" / "junit-10.xsd"))
 pytestmark = pytest.mark.qemu
-
-
-def pkvmlab(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "pkvmlab.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
-
-
-def run_board(tmp_path, board, *extra, run_id="run"):
-    proc = pkvmlab("run", "--board", str(board), "--reports", str(tmp_path), "--run-id", run_id, *extra)
-    return proc, tmp_path / run_id
-
-
-def parse_junit(path):
-    SCHEMA.validate(str(path))
-    suite = ET.parse(path).getroot().find("testsuite")
-    props = {p.get("name"): p.get("value") for p in suite.iter("property")}
-    cases = {c.get("name"): c for c in suite.iter("testcase")}
-    return suite, props, cases
-
-
-def board_variant(tmp_path, base, replace, env_replace=None):
-    """A copy of boards/<base>.yaml (same name) with text replaced; optionally its own env file."""
-    text = (ROOT / "boards" / f"{base}.yaml").read_text()
-    for old, new in replace.items():
-        assert old in text
-        text = text.replace(old, new)
-    directory = tmp_path / "boards"
-    directory.mkdir(exist_ok=True)
-    if env_replace:
-        env = (ROOT / "envs" / f"{base}.yaml").read_text()
-        for old, new in env_replace.items():
-            env = env.replace(old, new)
-        (directory / "env.yaml").write_text(env)
-        text = text.replace(f"env: envs/{base}.yaml", f"env: {directory / 'env.yaml'}")
-    path = directory / f"{base}.yaml"
-    path.write_text(text)
-    return path
 
 
 def test_qemu_virt_boots_pkvm_and_passes(tmp_path):
@@ -94,10 +52,10 @@ def test_qemu_virt_el1_passes_with_el1_expectations(tmp_path):
 def test_wrong_expectation_fails_saying_expected_vs_measured(tmp_path):
     board = board_variant(tmp_path, "qemu-virt", {"boot_el: EL2": "boot_el: EL1"})
     proc, run_dir = run_board(tmp_path, board, str(ROOT / "suites" / "boot"))
-    assert proc.returncode == 1
+    assert proc.returncode == 1     # a board finding: pytest's "tests failed"
     suite, props, cases = parse_junit(run_dir / "junit.xml")
     failure = cases["test_boot_el"].find("failure")
-    assert failure is not None
+    assert failure is not None and failure.get("type") == "pkvmlab.board"
     assert "expected every CPU to start at EL1, the kernel says EL2" in failure.get("message")
     out = cases["test_boot_el"].find("system-out").text
     assert "(where the boot facts were read)" in out and "CPU: All CPU(s) started at EL2" in out
@@ -113,11 +71,15 @@ def test_board_that_never_boots_fails_in_time_with_console_tail(tmp_path):
     started = time.monotonic()
     proc, run_dir = run_board(tmp_path, board, str(ROOT / "suites" / "boot"))
     assert time.monotonic() - started < 60
-    assert proc.returncode == 1
+    assert proc.returncode == 1     # the board's: it never reached its shell
     suite, props, cases = parse_junit(run_dir / "junit.xml")
     assert int(suite.get("errors")) == len(cases) >= 6
-    error = cases["test_reached_shell"].find("error").text
-    assert "no shell prompt ('pkvmlab# ') within the boot timeout of 12 s" in error
+    element = cases["test_reached_shell"].find("error")
+    assert element.get("type") == "pkvmlab.board"
+    assert element.get("message") == "no shell prompt within 12 s ('pkvmlab# ' never seen) [main]"
+    # Every later test names the same first cause, not "BootShellStrategy is in broken state".
+    assert {c.find("error").get("message") for c in cases.values()} == {element.get("message")}
+    error = element.text
     assert "--- last console lines ---" in error and "Run /bin/sh as init process" in error
     assert "Booting Linux" in (run_dir / "console.log").read_text()
 
@@ -127,9 +89,12 @@ def test_qemu_that_cannot_start_is_an_error_not_a_hang(tmp_path):
     started = time.monotonic()
     proc, run_dir = run_board(tmp_path, board, str(ROOT / "suites" / "boot"))
     assert time.monotonic() - started < 60
+    assert proc.returncode == 11    # infrastructure: the lab's QEMU, not the board
     suite, props, cases = parse_junit(run_dir / "junit.xml")
-    error = cases["test_reached_shell"].find("error").text
-    assert "QEMU exited at start" in error and "-bogus" in error
+    element = cases["test_reached_shell"].find("error")
+    assert element.get("type") == "pkvmlab.infrastructure"
+    assert element.get("message") == "QEMU exited at start (code 1): qemu-system-aarch64: -bogus: invalid option"
+    assert "-bogus" in element.text
 
 
 def test_qemu_killed_mid_run_leaves_valid_junit_and_log(tmp_path):
@@ -145,22 +110,12 @@ def test_qemu_killed_mid_run_leaves_valid_junit_and_log(tmp_path):
         time.sleep(0.2)
     kill_qemu_children(proc.pid)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 1, out[-2000:]
+    assert proc.returncode == 11, out[-2000:]
     suite, props, cases = parse_junit(tmp_path / "run" / "junit.xml")
-    assert "QEMU closed its console" in cases["test_sleeps"].find("failure").get("message") + \
-        (cases["test_sleeps"].find("failure").text or "")
+    failure = cases["test_sleeps"].find("failure")
+    assert failure.get("type") == "pkvmlab.infrastructure"
+    assert failure.get("message").startswith("the board's console closed mid-test (exit code -9)")
     assert log.read_text().count("sleep 60") >= 1
-
-
-def kill_qemu_children(pid):
-    for child in Path("/proc").glob("[0-9]*"):
-        try:
-            stat = (child / "stat").read_text()
-            cmdline = (child / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat.split(")")[1].split()[1]) == pid and b"qemu-system-aarch64" in cmdline:
-            os.kill(int(child.name), signal.SIGKILL)
 
 
 def test_sigterm_mid_run_keeps_junit_and_log(tmp_path):
@@ -175,16 +130,18 @@ def test_sigterm_mid_run_keeps_junit_and_log(tmp_path):
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
-    assert proc.returncode != 0
+    assert proc.returncode == 14, out[-2000:]
     suite, props, cases = parse_junit(tmp_path / "run" / "junit.xml")
     interrupted = cases["test_sleeps"].find("error")
-    assert interrupted is not None and "interrupted while running" in interrupted.get("message")
+    assert interrupted.get("type") == "pkvmlab.interrupted"
+    assert interrupted.get("message") == f"interrupted by SIGTERM while running {slow}::test_sleeps"
+    assert props["pkvmlab.interrupted"] == "SIGTERM"
     assert props["pkvmlab.boot_el"] == "EL2"
     assert "sleep 60" in log.read_text()
 
 
 def test_unknown_board_lists_boards_and_writes_nothing(tmp_path):
     proc = pkvmlab("run", "--board", "qemu-virtt", "--reports", str(tmp_path))
-    assert proc.returncode == 2
+    assert proc.returncode == 10
     assert "unknown board 'qemu-virtt'. Available:" in proc.stderr and "qemu-virt-el1" in proc.stderr
     assert list(tmp_path.iterdir()) == []

@@ -93,7 +93,7 @@ class BootShellStrategy(Strategy):
                 pass
             self._fail(f"{what}: {match.group(0).decode(errors='replace').strip()} ({elapsed:.1f} s into the boot)")
         if patterns[index] is EOF:
-            code = self.power.exit_status() if hasattr(self.power, "exit_status") else None
+            code = self.power.exit_status(wait=2) if hasattr(self.power, "exit_status") else None
             # QEMU gone without a panic on its console: killed or crashed, the lab's fault.
             self._fail(f"QEMU died {elapsed:.1f} s into the boot (exit code {code})", infrastructure=True)
         self._fail(f"no shell prompt within {self.boot_timeout:.0f} s ({self.shell.prompt!r} never seen)")

@@ -89,17 +89,25 @@ class PkvmQEMUDriver(QEMUDriver):
 
     @step()
     def off(self):
-        """Stop QEMU; also when it already died (killed, crashed), without hanging."""
+        """Stop QEMU; also when it already died (killed, crashed), without hanging.
+
+        The console socket is closed first: a QEMU whose console nobody reads
+        (the harness was interrupted mid-boot) blocks in its write to the socket
+        while holding its main loop, and then answers neither QMP's ``quit``
+        (labgrid's QMP client waits for that answer with no timeout: measured,
+        forever) nor SIGTERM (measured: 5 s, then SIGKILL).  With the socket
+        closed, SIGTERM ends it at once ("terminating on signal 15").
+        """
         if not self.status:
             return
         child, self._child, self.status = self._child, None, 0
+        if self._clientsocket:
+            self._clientsocket.close()
+            self._clientsocket = None
         if child.poll() is None:
+            child.terminate()
             try:
-                self.qmp.execute("quit")
-            except (QMPError, OSError, ValueError):
-                child.kill()
-            try:
-                child.wait(timeout=10)
+                child.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
@@ -107,9 +115,18 @@ class PkvmQEMUDriver(QEMUDriver):
             self._clientsocket.close()
             self._clientsocket = None
 
-    def exit_status(self):
-        """QEMU's exit code, or None while it runs (or was never started)."""
-        return self._child.poll() if self._child else None
+    def exit_status(self, wait=0.0):
+        """QEMU's exit code, or None while it runs (or was never started).
+
+        ``wait``: seconds to give a QEMU whose console just closed to finish exiting
+        (the socket closes a few milliseconds before the process is gone).
+        """
+        if not self._child:
+            return None
+        try:
+            return self._child.wait(timeout=wait) if wait else self._child.poll()
+        except subprocess.TimeoutExpired:
+            return None
 
     def _read(self, size=1, timeout=10, max_size=None):
         if self._clientsocket is None:

@@ -12,7 +12,7 @@ from _pytest.junitxml import xml_key
 
 from ..errors import ConfigError, PkvmlabError
 from .records import finish_records, start_records
-from .run import KVM_ARM_MODES, RunState, check_environment_file
+from .run import KVM_ARM_MODES, RunState
 
 RUN_KEY = pytest.StashKey[RunState]()
 _CONSOLE_MARK_KEY = pytest.StashKey[int]()
@@ -83,8 +83,6 @@ def pytest_configure(config):
     dry = _print_only(config)
     try:
         run = RunState.from_options(config.option, dry=dry)
-        if run is not None:
-            check_environment_file(config.option.lg_env or run.board.env)
     except PkvmlabError as err:
         _stop_before_start(err, dry)
     if run is None:
@@ -214,13 +212,20 @@ def pytest_runtest_logreport(report):
              "duration": round(report.duration, 3)}
     if report.failed:
         entry["message"] = str(report.longrepr)[-2000:]
-    with open(run.run_dir / "results.jsonl", "a") as journal:
-        journal.write(json.dumps(entry) + "\n")
+    if run.journal_error is not None:
+        return
+    try:
+        with open(run.run_dir / "results.jsonl", "a") as journal:
+            journal.write(json.dumps(entry) + "\n")
+    except OSError as err:    # a full disk: the run goes on and says so once at the end
+        run.journal_error = err
 
 
 def _classify(run, report, exc):
     """File the failure in its class (pkvmlab.outcome); the JUnit file gets its type and message."""
-    from ..outcome import classify
+    from pexpect import EOF
+
+    from ..outcome import classify, first_cause
     session = run.session
     console = None
     if session is not None and session.console_log is not None:
@@ -229,8 +234,10 @@ def _classify(run, report, exc):
         except OSError:
             console = None
     power = session.target.get_driver("PowerProtocol", activate=False) if session is not None else None
-    outcome = classify(exc, console_text=console,
-                       qemu_exit=power.exit_status() if hasattr(power, "exit_status") else None)
+    qemu_exit = power.exit_status() if hasattr(power, "exit_status") else None
+    if qemu_exit is None and hasattr(power, "exit_status") and isinstance(first_cause(exc), EOF):
+        qemu_exit = power.exit_status(wait=1)    # the console closed: QEMU is exiting
+    outcome = classify(exc, console_text=console, qemu_exit=qemu_exit)
     report._pkvmlab_outcome = outcome
     run.outcomes[(report.nodeid, report.when)] = outcome
     crash = getattr(report.longrepr, "reprcrash", None)
@@ -244,8 +251,10 @@ def _mark_interrupted(session, run):
     from ..outcome import INTERRUPTED, Outcome
     how = f"interrupted by {run.interrupted_by or 'SIGINT'}"
     if run.running is not None:
-        nodeid = run.running.nodeid
-        run.outcomes[(nodeid, "interrupted")] = Outcome(INTERRUPTED, f"{how} while running {nodeid}")
+        item = run.running
+        # A suite outside the rootdir has a node id of "::name": name its file instead.
+        label = item.nodeid if not item.nodeid.startswith("::") else f"{item.path}{item.nodeid}"
+        run.outcomes[(item.nodeid, "interrupted")] = Outcome(INTERRUPTED, f"{how} while running {label}")
     else:
         run.outcomes[("", "interrupted")] = Outcome(INTERRUPTED, how)
     xml = session.config.stash.get(xml_key, None)
@@ -327,7 +336,8 @@ def _finish_report(session, run):
         data = run.junit_partial.read_bytes()
         outcome = run.outcomes.get((item.nodeid, "interrupted"))
         message = outcome.message if outcome else f"ended while running {item.nodeid}"
-        repaired = name_interrupted_case(data, classname, item.name, message)
+        repaired = name_interrupted_case(data, classname, item.name, message,
+                                         outcome.kind.junit_type if outcome else None)
         if repaired is not data:
             run.junit_partial.write_bytes(repaired)
     if run.outcomes:
@@ -350,10 +360,21 @@ def _finish_report(session, run):
         session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
         return
     os.replace(run.junit_partial, run.junit_final)
-    from ..report.publish import HISTORY_NAME, publish_run
-    published = publish_run(run.junit_final, run.reports_dir / HISTORY_NAME)
+    from ..report.publish import HISTORY_NAME, disk_full, publish_run
+    problems = []
+    published = publish_run(run.junit_final, run.reports_dir / HISTORY_NAME, problems=problems)
     log = f"console log {run.run_dir / 'console.log'}" if run.has_console else f"kernel log {run.run_dir / 'dmesg.txt'}"
     run.final_message = "\n".join([*published, f"pkvmlab: report {run.junit_final} ({log})"])
+    full = disk_full([*problems, run.journal_error])
+    console = run.session.console_log if run.session is not None else None
+    if full is None and console is not None and console.write_error is not None:
+        full = console.write_error
+    if full is not None:    # the JUnit file is whole, but the lab lost part of the run's record
+        from ..outcome import INFRASTRUCTURE
+        what = getattr(full, "filename", None) or run.reports_dir
+        run.final_message += (f"\npkvmlab: infrastructure error: the run's record is incomplete: "
+                              f"No space left on device ({what})")
+        session.exitstatus = INFRASTRUCTURE.exit_code
 
 
 @pytest.hookimpl(trylast=True)

@@ -138,6 +138,7 @@ class RunState:
         self.running = None          # the pytest item running now (named in JUnit after an interrupt)
         self.outcomes = {}           # (nodeid, when) -> pkvmlab.outcome.Outcome of each failure
         self.interrupted_by = None   # "SIGTERM", "SIGINT", "SIGHUP" once a signal ended the run
+        self.journal_error = None    # the OSError that stopped results.jsonl (disk full), if any
         self.dry = False             # --help, --collect-only...: nothing is provisioned or written
 
     @classmethod
@@ -169,6 +170,7 @@ class RunState:
             # Whether this kernel can make protected VMs is what the run measures, not a requirement.
             board = dataclasses.replace(board, expect=dataclasses.replace(board.expect, pvm=None)
                                         if board.expect.pvm else board.expect)
+        check_environment_file(lg_env or board.env)
         reports = Path(option.pkvmlab_reports or project_root() / "reports")
         if dry:
             state = cls(board, image_set, None, reports / "(none)", "(none)", option.pkvmlab_kernel_suite)

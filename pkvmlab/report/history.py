@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .junit import ERROR, FAILED, PASSED, SKIPPED, XFAILED, load_suites
 
-SCHEMA_VERSION = 2   # 2: runs.xfailed (known findings counted apart from skips)
+SCHEMA_VERSION = 3   # 2: runs.xfailed (known findings counted apart from skips); 3: runs.interrupted, results.class
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT NOT NULL,
@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS runs (
     errors INTEGER NOT NULL,
     skipped INTEGER NOT NULL,
     xfailed INTEGER NOT NULL DEFAULT 0,
+    interrupted TEXT,                 -- the signal that ended the run (SIGTERM...), NULL if it ran to the end
     PRIMARY KEY (run_id, suite)
 );
 CREATE TABLE IF NOT EXISTS results (
@@ -43,6 +44,7 @@ CREATE TABLE IF NOT EXISTS results (
     outcome TEXT NOT NULL,            -- passed, failed, error, xfailed, skipped
     seconds REAL,
     message TEXT,
+    class TEXT,                       -- failure class: board, configuration, infrastructure, harness, interrupted
     PRIMARY KEY (run_id, suite, test)
 );
 CREATE INDEX IF NOT EXISTS results_by_test ON results (suite, test);
@@ -66,6 +68,7 @@ class TrendPoint:
     errors: int
     skipped: int
     xfailed: int = 0
+    interrupted: str | None = None   # the signal that ended the run early
 
     @property
     def pass_rate(self):
@@ -95,6 +98,10 @@ def connect(db_path):
         columns = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
         if "xfailed" not in columns:   # a version 1 history
             conn.execute("ALTER TABLE runs ADD COLUMN xfailed INTEGER NOT NULL DEFAULT 0")
+        if "interrupted" not in columns:   # a version 1 or 2 history
+            conn.execute("ALTER TABLE runs ADD COLUMN interrupted TEXT")
+        if "class" not in {row[1] for row in conn.execute("PRAGMA table_info(results)")}:
+            conn.execute("ALTER TABLE results ADD COLUMN class TEXT")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         yield conn
     finally:
@@ -115,28 +122,31 @@ def record_run(db_path, junit_path):
         point = TrendPoint(board=suite.prop("board") or combination.split("/")[0], suite=combination,
                            run_id=run_id, started=started, boot_seconds=_float(suite.prop("boot_seconds")),
                            passed=counts[PASSED], failed=counts[FAILED], errors=counts[ERROR],
-                           skipped=counts[SKIPPED], xfailed=counts[XFAILED])
+                           skipped=counts[SKIPPED], xfailed=counts[XFAILED],
+                           interrupted=suite.prop("interrupted") or None)
         points.append(point)
         results = [(run_id, combination, _plain_test_id(case, suite), case.outcome, case.time,
-                    case.message[:500]) for case in suite.cases]
+                    case.message[:500], case.failure_class) for case in suite.cases]
         rows.append((point, suite, results))
     with connect(db_path) as conn, conn:
         for point, suite, results in rows:
             conn.execute("DELETE FROM results WHERE run_id = ? AND suite = ?", (point.run_id, point.suite))
             conn.execute("INSERT OR REPLACE INTO runs (run_id, suite, board, kernel_release, kvm_arm_mode,"
                          " kvm_mode, boot_el, boot_seconds, started, source, passed, failed, errors, skipped,"
-                         " xfailed) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                         " xfailed, interrupted) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                          (point.run_id, point.suite, point.board, suite.prop("kernel_release"),
                           suite.prop("kvm_arm_mode"), suite.prop("kvm_mode"), suite.prop("boot_el"),
                           point.boot_seconds, point.started, str(junit_path), point.passed, point.failed,
-                          point.errors, point.skipped, point.xfailed))
-            conn.executemany("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?)", results)
+                          point.errors, point.skipped, point.xfailed, point.interrupted))
+            conn.executemany("INSERT OR REPLACE INTO results (run_id, suite, test, outcome, seconds, message,"
+                             " class) VALUES (?,?,?,?,?,?,?)", results)
     return points
 
 
 def board_trend(db_path, board=None, limit=50):
     """The last ``limit`` TrendPoints per board (all boards, or one), oldest first."""
-    query = ("SELECT board, suite, run_id, started, boot_seconds, passed, failed, errors, skipped, xfailed FROM ("
+    query = ("SELECT board, suite, run_id, started, boot_seconds, passed, failed, errors, skipped, xfailed,"
+             " interrupted FROM ("
              " SELECT *, ROW_NUMBER() OVER (PARTITION BY board ORDER BY started DESC) AS age FROM runs"
              " WHERE (? IS NULL OR board = ?)) WHERE age <= ? ORDER BY board, started, suite")
     with connect(db_path) as conn:

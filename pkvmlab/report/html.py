@@ -221,8 +221,11 @@ def _failures(matrix, here, failures):
             link = f' (<a href="{escape(_href(log, here))}">full console log</a>)' if log else ""
             items.append(
                 f'<li id="{anchor}" class="{cell.outcome}-item" data-suite="{escape(column.title)}" '
-                f'data-check="{escape(row.label)}"><b>{escape(column.title)}</b> · {escape(row.label)}: '
-                f"{escape(_first_line(cell.message))}{link}"
+                f'data-check="{escape(row.label)}" data-class="{escape(cell.failure_class)}">'
+                f"<b>{escape(column.title)}</b> · {escape(row.label)}: "
+                + (f'<span class="tag class-{escape(cell.failure_class)}">{escape(cell.failure_class)}</span> '
+                   if cell.failure_class else "")
+                + f"{escape(_first_line(cell.message))}{link}"
                 + (f'<details open><summary>console</summary><pre class="console">{escape(console)}</pre></details>'
                    if console else "")
                 + (f"<details><summary>traceback</summary><pre>{escape(cell.detail)}</pre></details>"

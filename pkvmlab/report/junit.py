@@ -91,31 +91,42 @@ def write_junit(path, data):
     return atomic_write_bytes(path, data)
 
 
-def name_interrupted_case(data, classname, name, message):
+def name_interrupted_case(data, classname, name, message, error_type=None):
     """pytest's JUnit after an interrupt, with the interrupted test named and marked as an error.
 
     When a run is stopped (Ctrl-C, SIGTERM) in the middle of a test, pytest
-    writes that test as a ``<testcase>`` with neither ``classname`` nor ``name``,
-    which junit-10.xsd rejects.  The harness knows which test was running, so the
-    case gets its names back and an ``<error>`` saying it was interrupted.
-    Returns the new XML as bytes (``data`` unchanged when no case needs it).
+    writes that test as a ``<testcase>`` with neither ``classname`` nor ``name``
+    (which junit-10.xsd rejects), or, stopped in the test's setup (the boot),
+    writes no case for it at all.  The harness knows which test was running, so
+    the case gets its names back (or is added) with an ``<error>`` saying it was
+    interrupted.  Returns the new XML as bytes (``data`` unchanged when no case needs it).
     """
     import xml.etree.ElementTree as ET
     root = ET.fromstring(data)
-    changed = False
-    for suite in root.iter("testsuite"):
-        for case in suite.findall("testcase"):
-            if case.get("name") is not None:
-                continue
-            case.set("classname", classname)
-            case.set("name", name)
-            if not any(case.find(tag) is not None for tag in ("error", "failure", "skipped")):
-                ET.SubElement(case, "error", message=message).text = message
-                suite.set("errors", str(int(suite.get("errors", "0")) + 1))
-                suite.set("tests", str(int(suite.get("tests", "0")) + 1))
-            changed = True
-    if not changed:
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    nameless = [(suite, case) for suite in suites for case in suite.findall("testcase") if case.get("name") is None]
+    named = any(case.get("classname") == classname and case.get("name") == name
+                for suite in suites for case in suite.findall("testcase"))
+    if not nameless and (named or not suites):
         return data
+    if not nameless:    # junit-10.xsd: the cases come after <properties>, before <system-out>/<system-err>
+        suite = suites[0]
+        children = list(suite)
+        at = next((i for i, child in enumerate(children) if child.tag in ("system-out", "system-err")),
+                  len(children))
+        case = ET.Element("testcase", time="0")
+        suite.insert(at, case)
+        nameless = [(suite, case)]
+    for suite, case in nameless:
+        case.set("classname", classname)
+        case.set("name", name)
+        if not any(case.find(tag) is not None for tag in ("error", "failure", "skipped")):
+            error = ET.SubElement(case, "error", message=message)
+            error.text = message
+            if error_type:
+                error.set("type", error_type)
+            suite.set("errors", str(int(suite.get("errors", "0")) + 1))
+        suite.set("tests", str(len(suite.findall("testcase"))))
     _sum_suites(root)
     return b'<?xml version="1.0" encoding="utf-8"?>' + ET.tostring(root, encoding="utf-8")
 
@@ -173,6 +184,15 @@ class Case:
     message: str = ""      # failure/error message, or the skip reason
     detail: str = ""       # the result element's text (traceback, skip location)
     system_out: str = ""   # for failures: the trimmed console log the plugin attached
+    failure_type: str = ""  # the result element's type: pkvmlab.<class> (pkvmlab.outcome), or pytest's
+
+    @property
+    def failure_class(self):
+        """board, configuration, infrastructure, harness or interrupted; None for passes and skips
+        and for files written before the classes (or not by pkvmlab)."""
+        if self.failure_type.startswith(PREFIX):
+            return self.failure_type[len(PREFIX):]
+        return None
 
     @property
     def test_id(self):
@@ -276,17 +296,19 @@ def suite_from_junitparser(suite, source):
 
 
 def _case(case):
-    outcome, message, detail = PASSED, "", ""
+    outcome, message, detail, kind = PASSED, "", "", ""
     results = case.result
     for kind, label in ((Failure, FAILED), (Error, ERROR), (Skipped, SKIPPED)):
         hit = next((r for r in results if isinstance(r, kind)), None)
         if hit is not None:
             outcome, message, detail = label, hit.message or "", hit.text or ""
+            kind = hit._elem.get("type") or ""
             if label == SKIPPED and hit._elem.get("type") == XFAIL_TYPE:
                 outcome = XFAILED
             break
     return Case(classname=case.classname or "", name=case.name or "", time=_float(case._elem.get("time")),
-                outcome=outcome, message=message, detail=detail, system_out=case.system_out or "")
+                outcome=outcome, message=message, detail=detail, system_out=case.system_out or "",
+                failure_type=kind if outcome in (FAILED, ERROR) else "")
 
 
 def _int(text):

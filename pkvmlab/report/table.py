@@ -30,6 +30,7 @@ DETAILS = (
     ("SoC", "soc"),
     ("run", "run_id"),
     ("started", "started"),
+    ("interrupted by", "interrupted"),
 )
 LOG_KEY = "console_log"   # pkvmlab.console_log (the run's), <test>.console_log (a failing test's)
 
@@ -62,6 +63,7 @@ class Cell:
     detail: str = ""
     system_out: str = ""
     log_path: str = ""                             # this test's console log (failing tests), like Column's
+    failure_class: str = ""                        # board, infrastructure, ... (pkvmlab.outcome), failures only
 
 
 @dataclass
@@ -106,7 +108,8 @@ def build_matrix(suites):
             log = measured.pop(LOG_KEY, "")
             rows[index[key]].cells[position] = Cell(
                 outcome=case.outcome, message=case.message, measured=measured,
-                detail=case.detail, system_out=case.system_out, log_path=_resolve(log, suite))
+                detail=case.detail, system_out=case.system_out, log_path=_resolve(log, suite),
+                failure_class=case.failure_class or "")
     return Matrix(columns=columns, rows=rows)
 
 

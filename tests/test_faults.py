@@ -1,0 +1,216 @@
+"""Real faults, injected into real runs: each asserts the class, the one-line message and the exit code.
+
+The failure classes and their exit codes are pkvmlab.outcome's (README, "Exit
+codes"): board finding 1, configuration 10, infrastructure 11, harness 13,
+interrupted 14.  Every JUnit file is validated against junit-10.xsd as it is
+read back.  Each test here failed on main before the failure taxonomy (the
+message it asserts did not exist, or the exit code was 1/2 for everything).
+"""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from boardrun import ROOT, board_variant, parse_junit, pkvmlab, qemu_children, start_run, wait_for_console
+
+pytestmark = pytest.mark.qemu
+
+
+def write_suite(tmp_path, text, name="test_inject.py"):
+    path = tmp_path / "suite" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def run_suite(tmp_path, suite, *extra, board="qemu-virt"):
+    proc = pkvmlab("run", "--board", str(board), "--reports", str(tmp_path / "reports"), "--run-id", "run",
+                   *extra, str(suite))
+    return proc, tmp_path / "reports" / "run"
+
+
+def output(proc):
+    return (proc.stdout or "")[-3000:] + (proc.stderr or "")[-2000:]
+
+
+def test_panic_mid_suite_is_a_board_finding_named_by_its_panic_line(tmp_path):
+    suite = write_suite(tmp_path, "def test_panics(booted):\n"
+                                  "    booted.run('echo c > /proc/sysrq-trigger', timeout=20)\n\n"
+                                  "def test_after(booted):\n    booted.run('true')\n")
+    proc, run_dir = run_suite(tmp_path, suite)
+    assert proc.returncode == 1, output(proc)
+    _, _, cases = parse_junit(run_dir / "junit.xml")
+    failure = cases["test_panics"].find("failure")
+    assert failure.get("type") == "pkvmlab.board"
+    assert failure.get("message") == "kernel panic: Kernel panic - not syncing: sysrq triggered crash"
+    # The next test names the same first cause, not "Broken pipe".
+    assert "kernel panic: Kernel panic - not syncing" in cases["test_after"].find("failure").get("message")
+    # The terminal's short summary says the class and the first cause too.
+    assert "test_panics - [board] kernel panic: " in proc.stdout
+
+
+def test_garbage_on_the_console_fails_no_test_and_stays_with_its_test(tmp_path):
+    # test_noise makes the board print 8 KB of random bytes and, a moment later (while the harness
+    # is not reading), a marker line; test_reads then fails on purpose, so its console excerpt shows
+    # what it was charged with: neither the noise nor the marker belongs to it.
+    suite = write_suite(tmp_path, "import time\n\n"
+                                  "def test_noise(booted):\n"
+                                  "    booted.run('head -c 8192 /dev/urandom > /dev/console; "
+                                  "(sleep 0.3; echo LATE-NOISE-MARK > /dev/console) &')\n"
+                                  "    time.sleep(1.5)\n\n"
+                                  "def test_reads(booted):\n"
+                                  "    lines, code = booted.run('echo ok')\n"
+                                  "    assert (lines[-1], code) == ('ok', 0)\n"
+                                  "    assert False, 'told to fail'\n")
+    proc, run_dir = run_suite(tmp_path, suite)
+    assert proc.returncode == 1, output(proc)
+    _, _, cases = parse_junit(run_dir / "junit.xml")
+    assert cases["test_noise"].find("failure") is None and cases["test_noise"].find("error") is None
+    failure = cases["test_reads"].find("failure")
+    assert failure.get("message") == "told to fail", failure.get("message")
+    excerpt = cases["test_reads"].find("system-out").text
+    assert "echo ok" in excerpt and "LATE-NOISE-MARK" not in excerpt
+    assert "LATE-NOISE-MARK" in (run_dir / "console.log").read_text(errors="replace")
+    assert "UnicodeDecodeError" not in proc.stdout
+
+
+def test_sigterm_during_boot_marks_the_run_interrupted_in_junit_and_history(tmp_path):
+    suite = write_suite(tmp_path, "def test_boots(booted):\n    pass\n")
+    proc = start_run(tmp_path / "reports", suite)
+    log = tmp_path / "reports" / "run" / "console.log"
+    assert wait_for_console(log, "Booting Linux"), "the board never started booting"
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 14, out[-3000:]
+    suite_el, props, cases = parse_junit(tmp_path / "reports" / "run" / "junit.xml")
+    error = cases["test_boots"].find("error")
+    assert error.get("type") == "pkvmlab.interrupted"
+    assert error.get("message") == f"interrupted by SIGTERM while running {suite}::test_boots"
+    assert props["pkvmlab.interrupted"] == "SIGTERM"
+    with sqlite3.connect(tmp_path / "reports" / "history.sqlite") as db:
+        interrupted, errors, passed = db.execute("SELECT interrupted, errors, passed FROM runs").fetchone()
+    assert (interrupted, errors, passed) == ("SIGTERM", 1, 0)
+    html = (tmp_path / "reports" / "run" / "report.html").read_text()
+    assert "interrupted by SIGTERM" in html
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
+def test_sigint_and_sighup_mid_test_say_which_signal(tmp_path, sig):
+    suite = write_suite(tmp_path, "def test_first(booted):\n    pass\n\n"
+                                  "def test_sleeps(booted):\n    booted.run('sleep 60', timeout=90)\n")
+    proc = start_run(tmp_path / "reports", suite)
+    assert wait_for_console(tmp_path / "reports" / "run" / "console.log", "sleep 60")
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 14, out[-3000:]
+    _, props, cases = parse_junit(tmp_path / "reports" / "run" / "junit.xml")
+    assert cases["test_first"].find("error") is None
+    error = cases["test_sleeps"].find("error")
+    assert (error.get("type"), error.get("message")) == (
+        "pkvmlab.interrupted", f"interrupted by {sig.name} while running {suite}::test_sleeps")
+    assert props["pkvmlab.interrupted"] == sig.name
+
+
+def test_qemu_killed_mid_boot_is_infrastructure_not_a_broken_strategy(tmp_path):
+    suite = write_suite(tmp_path, "def test_one(booted):\n    pass\n\ndef test_two(booted):\n    pass\n")
+    proc = start_run(tmp_path / "reports", suite)
+    assert wait_for_console(tmp_path / "reports" / "run" / "console.log", "Booting Linux")
+    for pid in qemu_children(proc.pid):
+        os.kill(pid, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 11, out[-3000:]
+    _, _, cases = parse_junit(tmp_path / "reports" / "run" / "junit.xml")
+    messages = {name: case.find("error").get("message") for name, case in cases.items()}
+    assert messages["test_one"].startswith("QEMU died "), messages
+    assert "into the boot (exit code -9)" in messages["test_one"]
+    assert messages["test_two"] == messages["test_one"]
+    summary = [line for line in out.splitlines() if line.startswith("ERROR ")]
+    assert len(summary) == 2 and all("[infrastructure] QEMU died " in line for line in summary), summary
+
+
+def test_env_file_that_is_not_yaml_is_one_line_naming_file_and_line(tmp_path):
+    board = board_variant(tmp_path, "qemu-virt", {}, env_replace={"targets:": "targets: [\n  oops"})
+    proc = pkvmlab("run", "--board", str(board), "--reports", str(tmp_path / "reports"))
+    assert proc.returncode == 10, output(proc)
+    env = tmp_path / "boards" / "env.yaml"
+    assert f"pkvmlab: configuration error: {env}:" in proc.stderr
+    assert "not valid YAML" in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr and "INTERNALERROR" not in proc.stdout
+    assert not (tmp_path / "reports").exists() or list((tmp_path / "reports").iterdir()) == []
+
+
+def test_reports_directory_that_cannot_be_written_is_one_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    proc = pkvmlab("run", "--board", "qemu-virt", "--reports", str(blocker / "reports"),
+                   str(ROOT / "suites" / "boot"))
+    assert proc.returncode == 11, output(proc)
+    assert f"pkvmlab: infrastructure error: InfrastructureError: reports directory {blocker / 'reports'} " \
+           f"cannot be written: Not a directory" in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr and "INTERNALERROR" not in proc.stdout
+
+
+@pytest.mark.parametrize("size", ["16k", "64k"])
+def test_full_reports_disk_is_one_line_and_leaves_no_partial_junit(tmp_path, size):
+    # 16 KB fills during the boot (console log, journal, JUnit all fail); 64 KB holds the
+    # JUnit file but not the history and the HTML page.  Both are the lab's problem: exit 11.
+    mount = tmp_path / "small"
+    mount.mkdir()
+    tried = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                           capture_output=True, text=True)
+    if tried.returncode != 0:
+        pytest.skip(f"cannot mount a {size} tmpfs here to fill: {tried.stderr.strip() or tried.returncode}")
+    try:
+        proc = pkvmlab("run", "--board", "qemu-virt", "--reports", str(mount), "--run-id", "run",
+                       str(ROOT / "suites" / "boot"))
+        assert proc.returncode == 11, output(proc)
+        out = proc.stdout + proc.stderr
+        assert "INTERNALERROR" not in out and "Logging error" not in out and "Traceback" not in out, output(proc)
+        run_dir = mount / "run"
+        assert not list(run_dir.glob(".*partial"))
+        if (run_dir / "junit.xml").exists():
+            parse_junit(run_dir / "junit.xml")     # whole and schema-valid, or not there at all
+            assert "pkvmlab: infrastructure error: the run's record is incomplete: No space left on device" in out
+        else:
+            assert "pkvmlab: infrastructure error: the report could not be written: No space left on device" in out
+        assert ((run_dir / "junit.xml").exists()) == (size == "64k")
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_collect_only_and_help_write_nothing(tmp_path):
+    reports = tmp_path / "reports"
+    for extra in (["--collect-only", "-q"], ["--help"]):
+        proc = subprocess.run([str(ROOT / ".venv" / "bin" / "pytest"), "--board", "qemu-virt", "--reports",
+                               str(reports), *extra, str(ROOT / "suites" / "boot")], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, output(proc)
+        assert not reports.exists(), f"{extra}: wrote {list(reports.rglob('*'))}"
+    assert "test_reached_shell" in proc.stdout or "--board" in proc.stdout
+
+
+def test_runs_started_in_the_same_second_get_distinct_directories(tmp_path):
+    from pkvmlab.plugin.run import make_run_dir
+    with ThreadPoolExecutor(8) as pool:
+        made = list(pool.map(lambda _: make_run_dir(tmp_path, "20261203-120000-qemu-virt", chosen=False),
+                             range(8)))
+    names = sorted(run_id for _, run_id in made)
+    assert len(set(names)) == 8 and names[0] == "20261203-120000-qemu-virt"
+    assert all(path.is_dir() and path.name == run_id for path, run_id in made)
+
+
+def test_two_real_runs_at_once_both_finish(tmp_path):
+    suite = write_suite(tmp_path, "def test_shell(booted):\n    assert booted.run('true')[1] == 0\n")
+    procs = [subprocess.Popen([str(ROOT / ".venv" / "bin" / "python"), "-m", "pkvmlab.cli", "run", "--board",
+                               "qemu-virt", "--reports", str(tmp_path / "reports"), str(suite)], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    started = time.monotonic()
+    outs = [p.communicate(timeout=180)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[-1500:] for o in outs]
+    runs = sorted(d.name for d in (tmp_path / "reports").iterdir() if d.is_dir())
+    assert len(runs) == 2 and all((tmp_path / "reports" / r / "junit.xml").exists() for r in runs), runs
+    assert time.monotonic() - started < 180
