@@ -60,6 +60,7 @@ _BOARD_SCHEMA = {
     "image_set": Field((str,)),
     "kernel_args": Field((str,)),
     "boot_timeout": Field((int, float)),
+    "boot_retries": Field((int,)),
     "ready_state": Field((str,)),
     "emulator": Field((dict,), schema=_EMULATOR_SCHEMA),
     "expect": Field((dict,), required=True, schema=_EXPECT_SCHEMA),
@@ -164,6 +165,7 @@ class Board:
     image_set: str = None
     kernel_args: str = ""
     boot_timeout: float = 60.0
+    boot_retries: int = 0          # boots retried after an infrastructure failure (never after a board's)
     ready_state: str = "shell"
     emulator: EmulatorSpec = None
 
@@ -206,6 +208,9 @@ def load_board_file(path, root=None):
     timeout = data.get("boot_timeout", 60)
     if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout <= 0:
         problems.append(f"{path}:{data.line_of('boot_timeout')}: boot_timeout: must be > 0 seconds (got {timeout})")
+    retries = data.get("boot_retries", 0)
+    if isinstance(retries, int) and not isinstance(retries, bool) and not 0 <= retries <= 5:
+        problems.append(f"{path}:{data.line_of('boot_retries')}: boot_retries: give 0 to 5 (got {retries})")
     expect = data.get("expect")
     if isinstance(expect, dict) and isinstance(expect.get("known_findings"), dict):
         findings = expect["known_findings"]
@@ -231,7 +236,7 @@ def load_board_file(path, root=None):
     return Board(
         name=data["name"], path=path, soc=data["soc"], kind=data["kind"], env=env_path,
         description=data.get("description", ""), image_set=data.get("image_set"),
-        kernel_args=data.get("kernel_args", ""), boot_timeout=float(timeout),
+        kernel_args=data.get("kernel_args", ""), boot_timeout=float(timeout), boot_retries=int(retries),
         ready_state=data.get("ready_state", "shell"),
         emulator=EmulatorSpec(cpu=emulator["cpu"], qemu_min_version=emulator.get("qemu_min_version"))
         if isinstance(emulator, dict) else None,

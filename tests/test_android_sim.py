@@ -92,11 +92,16 @@ def sha256(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def assert_all_errored_with(cases, text):
+def assert_all_errored_with(cases, text, failure_class="infrastructure"):
+    """Every case is an error of ``failure_class`` whose one-line message or body has ``text``."""
     assert cases, "no test cases in the JUnit file"
     for name, case in cases.items():
         kind, message = outcome(case)
-        assert kind == "error" and text in message, f"{name}: {kind} {message[:300]!r}, expected an error with {text!r}"
+        element = case.find("error")
+        body = message + "\n" + ((element.text or "") if element is not None else "")
+        assert kind == "error" and text in body, f"{name}: {kind} {message[:300]!r}, expected an error with {text!r}"
+        assert element.get("type") == f"pkvmlab.{failure_class}", (name, element.get("type"))
+        assert "\n" not in message, f"{name}: the message is one line: {message!r}"
 
 
 def assert_untouched(devdir, before):
@@ -187,9 +192,9 @@ def test_locked_bootloader_is_refused_and_nothing_written(tmp_path, simdir):
 
     proc, run_dir = run(tmp_path, None, ROOT / "suites" / "android")
 
-    assert proc.returncode == 1
+    assert proc.returncode == 11   # infrastructure: the phone is not ready for the lab
     _, _, cases = junit(run_dir)
-    assert_all_errored_with(cases, f"DeviceError: {SERIAL}: the bootloader is locked")
+    assert_all_errored_with(cases, f"{SERIAL}: the bootloader is locked")
     state = sim.load_state(phone)
     assert state["written"] == {} and state["boots"] == before["boots"] and "last_one_off_boot_sha256" not in state
     lines = audit_lines(run_dir)
@@ -204,7 +209,7 @@ def test_user_build_refuses_adb_root_with_one_clear_error(tmp_path, simdir):
 
     proc, run_dir = run(tmp_path, None, ROOT / "suites" / "android")
 
-    assert proc.returncode == 1
+    assert proc.returncode == 11   # infrastructure: the phone's build cannot run the suites
     _, _, cases = junit(run_dir)
     assert_all_errored_with(cases, f"{SERIAL}: adb root refused: 'adbd cannot run as root in production builds'")
     assert audit_lines(run_dir)[-1].endswith(f"adb -s {SERIAL} root")
@@ -250,7 +255,7 @@ def test_changed_image_after_provisioning_flashes_nothing(tmp_path, simdir):
 
     proc, run_dir = run(tmp_path, env, ROOT / "suites" / "android")
 
-    assert proc.returncode == 1
+    assert proc.returncode == 11   # infrastructure: an image changed under the run
     _, _, cases = junit(run_dir)
     assert_all_errored_with(cases, "image set not flashed, nothing written")
     assert_all_errored_with(cases, f"vendor_kernel_boot: {images / 'vendor_kernel_boot'} has sha256")
@@ -265,7 +270,7 @@ def test_device_dropping_off_usb_mid_flash(tmp_path, simdir):
 
     proc, run_dir = run(tmp_path, env, ROOT / "suites" / "android")
 
-    assert proc.returncode == 1
+    assert proc.returncode == 11   # infrastructure: the device went away
     _, _, cases = junit(run_dir)
     assert_all_errored_with(cases, f"{SERIAL} dropped off USB during flash vendor_kernel_boot_a")
     assert_all_errored_with(cases, "written before the failure: boot_a")
@@ -286,7 +291,7 @@ def test_two_devices_answering_to_the_serial_are_refused(tmp_path, simdir):
 
     proc, run_dir = run(tmp_path, None, ROOT / "suites" / "android")
 
-    assert proc.returncode == 1
+    assert proc.returncode == 11   # infrastructure: the lab's USB is ambiguous
     _, _, cases = junit(run_dir)
     assert_all_errored_with(cases, f"2 devices attached answer to serial {SERIAL}")
     for devdir, state in before.items():
@@ -301,9 +306,9 @@ def test_missing_serial_is_refused_before_any_device_command(tmp_path, simdir):
 
     proc, run_dir = run(tmp_path, env, ROOT / "suites" / "android")
 
-    assert proc.returncode == 1
+    assert proc.returncode == 10   # configuration: the env file names no serial
     _, _, cases = junit(run_dir)
-    assert_all_errored_with(cases, f"ConfigError: {env}: AndroidDevice has no serial")
+    assert_all_errored_with(cases, f"{env}: AndroidDevice has no serial", "configuration")
     assert_untouched(phone, before)
     log = run_dir / "audit.log"
     assert not log.exists() or audit_lines(run_dir) == []

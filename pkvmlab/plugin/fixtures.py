@@ -58,7 +58,7 @@ def booted(request, pkvmlab_run, target):
     say(f"pkvmlab: booting {run.board.name} to '{run.board.ready_state}' "
         f"(boot timeout {run.board.boot_timeout:.0f} s{log_path})")
     try:
-        strategy.transition(run.board.ready_state)
+        boot_with_retries(run, strategy, console_log, say, add_property)
         if session.boot_seconds is not None:
             add_property("pkvmlab.boot_seconds", f"{session.boot_seconds:.3f}")
         facts = session.collect_facts()
@@ -76,6 +76,46 @@ def booted(request, pkvmlab_run, target):
     finally:
         if console_log is not None:
             console_log.close()
+
+
+def boot_with_retries(run, strategy, console_log, say, add_property):
+    """Bring the board to its ready state; retry only when the lab failed, up to ``boot_retries``.
+
+    A boot that failed for an infrastructure reason (QEMU died, the power switch
+    did not answer, a device dropped off) is tried again, at most the board
+    file's ``boot_retries`` times; a board finding (panic, hang, wrong prompt) is
+    never retried: retrying it would hide it.  Every attempt is recorded in
+    ``boot_attempts.json`` and as ``pkvmlab.boot_attempts``; the tests see one
+    verdict, from the last attempt.  The console log marks where each retry starts.
+    """
+    import json
+    import time
+
+    from ..outcome import INFRASTRUCTURE, classify
+    attempts = []
+    try:
+        for number in range(1, run.board.boot_retries + 2):
+            started = time.monotonic()
+            try:
+                strategy.transition(run.board.ready_state)
+            except Exception as exc:   # noqa: BLE001 - classified here, re-raised unless the lab's
+                outcome = classify(exc, console_text=console_log.text() if console_log is not None else None)
+                attempts.append({"attempt": number, "class": outcome.kind.name, "message": outcome.message,
+                                 "seconds": round(time.monotonic() - started, 3)})
+                if outcome.kind is not INFRASTRUCTURE or number > run.board.boot_retries:
+                    raise
+                say(f"pkvmlab: boot attempt {number} failed ({outcome.kind.name}: {outcome.message}); "
+                    f"retrying ({number} of {run.board.boot_retries})")
+                strategy.broken = None     # labgrid's never_retry keeps the error; this retry is ours
+                if console_log is not None:
+                    console_log.write(f"\n=== pkvmlab: boot attempt {number + 1} ===\n".encode())
+                continue
+            attempts.append({"attempt": number, "class": None, "message": "ready",
+                             "seconds": round(time.monotonic() - started, 3)})
+            return
+    finally:
+        add_property("pkvmlab.boot_attempts", str(len(attempts)))
+        (run.run_dir / "boot_attempts.json").write_text(json.dumps(attempts, indent=2) + "\n")
 
 
 def _terminal_line(config):

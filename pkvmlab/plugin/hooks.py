@@ -233,7 +233,13 @@ def _classify(run, report, exc):
             console = session.console_log.text()
         except OSError:
             console = None
-    power = session.target.get_driver("PowerProtocol", activate=False) if session is not None else None
+    power = None
+    if session is not None:
+        from labgrid.exceptions import NoDriverFoundError
+        try:
+            power = session.target.get_driver("PowerProtocol", activate=False)
+        except NoDriverFoundError:     # a phone: adb and fastboot, no power driver
+            power = None
     qemu_exit = power.exit_status() if hasattr(power, "exit_status") else None
     if qemu_exit is None and hasattr(power, "exit_status") and isinstance(first_cause(exc), EOF):
         qemu_exit = power.exit_status(wait=1)    # the console closed: QEMU is exiting
