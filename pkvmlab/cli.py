@@ -68,6 +68,11 @@ def cmd_images_fetch(args):
         print(f"  elprobe   sha256 {record['elprobe']['sha256'][:16]}  ({record['elprobe'].get('compiler')})")
     for key, spec in record.get("files", {}).items():
         print(f"  {key:9} {spec['path']}  sha256 {spec['sha256'][:16]}")
+    verified = record.get("verified", {})
+    print(f"  verified  {len(verified)} files, {sum(v['size'] for v in verified.values()) / 1e6:.1f} MB hashed in "
+          f"{record.get('verify_seconds', 0) * 1000:.0f} ms" + (f"; made again: {len(record['refetched'])}"
+                                                                if record.get("refetched") else "")
+          + (f"; pinned by {record['lock']}" if record.get("lock") else ""))
     return EXIT_OK
 
 

@@ -266,3 +266,17 @@ def test_emulator_lock_pins_the_debian_emulator(cache, tmp_path, monkeypatch):
         resolve_emulator("bookworm-backports", cache=cache, lock=path)
     with pytest.raises(ImageError, match=rf"{path}: no emulator pinned for {DEBIAN_PACKAGES[0]}/trixie/{arch}"):
         resolve_emulator("trixie", cache=cache, lock=path)
+
+
+def test_lock_update_re_resolves_a_stale_pin_to_the_newest(cache, image_set, warm):
+    """--update asks the mirror (as provisioning does) and replaces a pin it no longer lists."""
+    kernel = warm.record["kernel"]
+    stale = {k: kernel[k] for k in ("package", "version", "deb_sha256", "member", "sha256", "suite")}
+    write_lock(lock_path(image_set), {"kernel": {"linux-image-arm64/trixie-backports":
+                                                 dict(stale, version="7.3.4-0~gone1", deb_sha256="1" * 64)}})
+    assert cli_main(["images", "lock", "--update", "--set", str(image_set.path)]) == 0
+    pin = read_lock(lock_path(image_set)).data["kernel"]["linux-image-arm64/trixie-backports"]
+    assert pin["version"] != "7.3.4-0~gone1" and pin["deb_sha256"] != "1" * 64
+    assert pin["filename"].startswith("pool/main/l/")           # freshly resolved: the pool file is named
+    assert cache.verify_blob(pin["deb_sha256"]) and cache.verify_blob(pin["sha256"])
+    assert provision(image_set, cache=cache).record["kernel"]["version"] == pin["version"]
