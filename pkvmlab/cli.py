@@ -116,7 +116,7 @@ def cmd_images_lock(args):
         if not (kernel_key or busybox_key):
             continue
         if (kernel_key and kernel_key not in data["kernel"]) or (busybox_key and busybox_key not in data["busybox"]):
-            record = provision(variant, refresh=args.update, lock=None).record
+            record = provision(variant, refresh="versions" if args.update else False, lock=None).record
             if kernel_key and kernel_key not in data["kernel"]:
                 data["kernel"][kernel_key] = pin_from_record(record["kernel"])
             if busybox_key and busybox_key not in data["busybox"]:

@@ -67,6 +67,15 @@ def image_set(tmp_path):
     return load_image_set(dest / "qemu-arm64.yaml")
 
 
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    """The mirror unreachable; apt told not to retry (APT_CONFIG, apt.conf(5)) so a refused fetch fails at once."""
+    conf = tmp_path / "apt.conf"
+    conf.write_text('Acquire::Retries "0";\n')
+    monkeypatch.setenv("APT_CONFIG", str(conf))
+    monkeypatch.setenv("PKVMLAB_DEBIAN_MIRROR", UNREACHABLE)
+
+
 def corrupt(path):
     """Flip one byte of a file, the way a bad disk or a stray write would (a new inode: never the shared blob)."""
     data = bytearray(Path(path).read_bytes())
@@ -77,13 +86,12 @@ def corrupt(path):
     os.chmod(path, mode)
 
 
-def test_corrupted_cached_kernel_is_made_again_before_boot(cache, image_set, warm, monkeypatch, tmp_path):
+def test_corrupted_cached_kernel_is_made_again_before_boot(cache, image_set, warm, offline, tmp_path):
+    # Offline: the kernel is extracted again from the cached .deb (itself checked against its sha256).
     expected = warm.record["kernel"]["sha256"]
     blob = cache.blob_path(expected)
     corrupt(blob)
     assert sha256_file(blob) != expected
-    # Offline: the kernel is extracted again from the cached .deb (itself checked against its sha256).
-    monkeypatch.setenv("PKVMLAB_DEBIAN_MIRROR", UNREACHABLE)
     started = time.monotonic()
     result = provision(image_set, cache=cache)
     print(f"repair took {time.monotonic() - started:.2f} s")
@@ -111,9 +119,8 @@ def test_every_boot_file_is_hashed_and_the_cost_is_small(cache, image_set):
     assert result.record["verify_seconds"] < 2.0
 
 
-def test_corrupted_initramfs_input_is_rebuilt_from_good_parts(cache, image_set, warm, monkeypatch):
+def test_corrupted_initramfs_input_is_rebuilt_from_good_parts(cache, image_set, warm, offline):
     """The initramfs and busybox (packed into it) both bad: each is made again once, offline."""
-    monkeypatch.setenv("PKVMLAB_DEBIAN_MIRROR", UNREACHABLE)
     initramfs = warm.record["initramfs"]["sha256"]
     busybox = warm.record["initramfs"]["busybox"]["sha256"]
     corrupt(cache.blob_path(initramfs))
@@ -124,9 +131,8 @@ def test_corrupted_initramfs_input_is_rebuilt_from_good_parts(cache, image_set, 
     assert sha256_file(cache.blob_path(busybox)) == busybox
 
 
-def test_kernel_that_cannot_be_fetched_again_fails_and_never_boots(cache, image_set, warm, monkeypatch):
+def test_kernel_that_cannot_be_fetched_again_fails_and_never_boots(cache, image_set, warm, offline):
     """Kernel blob and its .deb both bad, mirror unreachable: an error, and no set points at bad bytes."""
-    monkeypatch.setenv("PKVMLAB_DEBIAN_MIRROR", UNREACHABLE)
     expected = warm.record["kernel"]["sha256"]
     corrupt(cache.blob_path(expected))
     corrupt(cache.blob_path(warm.record["kernel"]["deb_sha256"]))
@@ -243,7 +249,7 @@ def test_malformed_lock_names_file_and_field(image_set):
     assert "kernel.x/y.deb_sha256: not a 64-hex-digit sha256" in text
 
 
-def test_emulator_lock_pins_the_debian_emulator(cache, tmp_path, monkeypatch):
+def test_emulator_lock_pins_the_debian_emulator(cache, tmp_path, offline):
     arch = host_arch()
     src = cache.shared.record_path(f"emulator-debian-{DEBIAN_PACKAGES[0]}-bookworm-backports-{arch}")
     if not src.is_file():
@@ -254,7 +260,6 @@ def test_emulator_lock_pins_the_debian_emulator(cache, tmp_path, monkeypatch):
     path = tmp_path / "emulator.lock.json"
     key = f"{DEBIAN_PACKAGES[0]}/bookworm-backports/{arch}"
     write_lock(path, {"emulator": {key: {"version": record["version"], "packages": record["packages"]}}})
-    monkeypatch.setenv("PKVMLAB_DEBIAN_MIRROR", UNREACHABLE)
     emulator = resolve_emulator("bookworm-backports", cache=cache, lock=path)
     assert emulator.fetched["version"] == record["version"]
     assert emulator.package == f"{DEBIAN_PACKAGES[0]} {record['version']}"

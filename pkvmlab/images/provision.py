@@ -106,17 +106,20 @@ class _Provisioner:
         kernel = self.image_set.kernel
         return kernel.debian if kernel else None
 
-    def cached(self, key, make, accept=None, rebuild=None):
+    def cached(self, key, make, accept=None, rebuild=None, resolves=False):
         """The record under ``key`` if it is usable (all blobs present, ``accept``-ed), else rebuilt or made.
 
         ``rebuild(stale)`` makes the same thing again from a record whose blob went missing
         (e.g. dropped because it no longer matched its sha256); None from it means: make afresh.
+        ``resolves``: the record is a version resolution (a Debian package), refreshed also by
+        ``refresh="versions"``; ``refresh=True`` re-makes everything.
         """
-        record = None if self.refresh else self.cache.get_record(key)
+        refresh = self.refresh is True or (self.refresh == "versions" and resolves)
+        record = None if refresh else self.cache.get_record(key)
         if record is not None and accept is not None and not accept(record):
             record = None
         if record is None:
-            stale = None if self.refresh else self.cache.read_record(key)
+            stale = None if refresh else self.cache.read_record(key)
             if stale is not None and rebuild is not None and (accept is None or accept(stale)):
                 record = rebuild(stale)
             if record is None:
@@ -191,9 +194,11 @@ class _Provisioner:
         key = f"kernel-debian-{deb.package}-{deb.suite}"
         if pin:
             return self.cached(key, lambda: self._pinned_kernel_record(deb, pin, str(self.lock.path)),
-                               accept=self._matches(pin))
-        return self.cached(key, lambda: self._debian_kernel_record(deb), rebuild=lambda stale: self._again(
-            stale, lambda: self._pinned_kernel_record(deb, stale, f"cache record {self.cache.record_path(key)}")))
+                               accept=self._matches(pin), resolves=True)
+        def rebuild(stale):
+            origin = f"cache record {self.cache.record_path(key)}"
+            return self._again(stale, lambda: self._pinned_kernel_record(deb, stale, origin))
+        return self.cached(key, lambda: self._debian_kernel_record(deb), resolves=True, rebuild=rebuild)
 
     def _again(self, stale, remake):
         """Re-make a dropped blob at the exact version of its stale record; None (make afresh) if impossible."""
@@ -282,8 +287,9 @@ class _Provisioner:
 
         pin = self._pin("busybox", deb)
         if pin:
-            return self.cached(key, lambda: from_pin(pin, str(self.lock.path)), accept=self._matches(pin))
-        return self.cached(key, make, rebuild=lambda stale: self._again(
+            return self.cached(key, lambda: from_pin(pin, str(self.lock.path)), accept=self._matches(pin),
+                               resolves=True)
+        return self.cached(key, make, resolves=True, rebuild=lambda stale: self._again(
             stale, lambda: from_pin(stale, f"cache record {self.cache.record_path(key)}")))
 
     def elprobe(self):
@@ -395,8 +401,9 @@ def _resolve_lock(image_set, lock):
 def provision(image_set, cache=None, refresh=False, lock=USE_LOCK_FILE):
     """Provision ``image_set`` (an ImageSet); returns Provisioned. Raises ImageError/InfrastructureError.
 
-    ``lock``: the set's lock file when it exists (default), None to float to the newest
-    versions (``pkvmlab images lock --update``), or a Lock / path.
+    ``refresh``: True re-makes every record (asks the mirror, rebuilds the probe); "versions"
+    re-resolves only the Debian packages.  ``lock``: the set's lock file when it exists (default),
+    None to float to the newest versions (``pkvmlab images lock --update``), or a Lock / path.
     """
     cache = cache or Cache()
     started = time.monotonic()
