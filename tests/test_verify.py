@@ -285,3 +285,34 @@ def test_lock_update_re_resolves_a_stale_pin_to_the_newest(cache, image_set, war
     assert pin["filename"].startswith("pool/main/l/")           # freshly resolved: the pool file is named
     assert cache.verify_blob(pin["deb_sha256"]) and cache.verify_blob(pin["sha256"])
     assert provision(image_set, cache=cache).record["kernel"]["version"] == pin["version"]
+
+
+def test_lock_for_a_board_pins_its_emulator_too(cache, tmp_path, monkeypatch, offline, capsys):
+    """`images lock --board qemu-virt`: the set's lock and, when the QEMU is Debian's, images/emulator.lock.json."""
+    import pkvmlab.images.emulator as emulator_module
+    import pkvmlab.images.lock as lock_module
+    set_lock, emulator_lock = tmp_path / "set.lock.json", tmp_path / "emulator.lock.json"
+    monkeypatch.setattr(lock_module, "lock_path", lambda image_set: set_lock)
+    monkeypatch.setattr(lock_module, "emulator_lock_path", lambda root=None: emulator_lock)
+    monkeypatch.setattr(emulator_module, "emulator_lock_path", lambda root=None: emulator_lock)
+    record_file = cache.shared.record_path(f"emulator-debian-{DEBIAN_PACKAGES[0]}-bookworm-backports-{host_arch()}")
+    if record_file.is_file():
+        for sha in json.loads(record_file.read_text())["blobs"].values():
+            shutil.copy2(cache.shared.blob_path(sha), cache.blob_path(sha))
+    assert cli_main(["images", "lock", "--board", "qemu-virt"]) == 0
+    assert read_lock(set_lock).data["kernel"]["linux-image-arm64/trixie-backports"]["version"]
+    emulator = resolve_emulator("auto", load_board("qemu-virt").emulator.qemu_min_version, cache=cache, lock=None)
+    if emulator.fetched is None:        # the host's QEMU is new enough: nothing from Debian to pin
+        assert not emulator_lock.exists() and "nothing to pin" in capsys.readouterr().out
+        return
+    pins = read_lock(emulator_lock).data["emulator"]
+    key = f"{DEBIAN_PACKAGES[0]}/{emulator.fetched['suite']}/{host_arch()}"
+    assert pins[key]["version"] == emulator.fetched["version"]
+    assert {name: p["deb_sha256"] for name, p in pins[key]["packages"].items()} == emulator.fetched["blobs"]
+    # A run's default resolution goes through that lock: the cached emulator serves only its pin.
+    assert resolve_emulator("auto", "10.0", cache=cache).fetched["version"] == pins[key]["version"]
+    moved = {key: dict(pins[key], packages={n: dict(p, version="1:10.0.9-1", deb_sha256="3" * 64)
+                                            for n, p in pins[key]["packages"].items()})}
+    write_lock(emulator_lock, {"emulator": moved})
+    with pytest.raises(InfrastructureError, match="127.0.0.1:9"):    # the pinned .debs must come from the mirror
+        resolve_emulator("auto", "10.0", cache=cache)
