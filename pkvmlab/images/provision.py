@@ -195,6 +195,7 @@ class _Provisioner:
         if pin:
             return self.cached(key, lambda: self._pinned_kernel_record(deb, pin, str(self.lock.path)),
                                accept=self._matches(pin), resolves=True)
+
         def rebuild(stale):
             origin = f"cache record {self.cache.record_path(key)}"
             return self._again(stale, lambda: self._pinned_kernel_record(deb, stale, origin))
@@ -422,7 +423,7 @@ def provision(image_set, cache=None, refresh=False, lock=USE_LOCK_FILE):
                 bad = [(err.target, err.actual)]
             if not bad:
                 break
-            fatal = [(t, a) for t, a in bad if t.local or t.sha256 in dropped]
+            fatal = [(t, a) for t, a in bad if t.local or t.sha256 in dropped or len(dropped) > 8]
             if fatal:
                 raise ImageError("\n".join(_mismatch_line(image_set, t, a, again=not t.local) for t, a in fatal))
             for target, actual in bad:
