@@ -2,6 +2,7 @@
 
     pkvmlab boards                                  list boards and what they expect
     pkvmlab images fetch --board qemu-virt          provision (download/build/cache) an image set
+    pkvmlab images lock [--update] --board qemu-virt  pin the exact Debian packages it provisions
     pkvmlab run --board qemu-virt [pytest args]     boot the board once, run the suites, write JUnit
     pkvmlab matrix [--kernels ...] [--modes ...] [--qemu ...] [--cpus ...]
                                                     boot + pvm suites over kernels x KVM modes x emulators x CPUs
@@ -67,7 +68,92 @@ def cmd_images_fetch(args):
         print(f"  elprobe   sha256 {record['elprobe']['sha256'][:16]}  ({record['elprobe'].get('compiler')})")
     for key, spec in record.get("files", {}).items():
         print(f"  {key:9} {spec['path']}  sha256 {spec['sha256'][:16]}")
+    verified = record.get("verified", {})
+    print(f"  verified  {len(verified)} files, {sum(v['size'] for v in verified.values()) / 1e6:.1f} MB hashed in "
+          f"{record.get('verify_seconds', 0) * 1000:.0f} ms" + (f"; made again: {len(record['refetched'])}"
+                                                                if record.get("refetched") else "")
+          + (f"; pinned by {record['lock']}" if record.get("lock") else ""))
     return EXIT_OK
+
+
+def _set_of(args):
+    """(board or None, ImageSet) named by --board/--set."""
+    from .images.manifest import load_image_set
+    board = None
+    set_name = args.set
+    if not set_name:
+        board = load_board(args.board)
+        if not board.image_set:
+            raise ConfigError(board.path, [f"{board.path}: board {board.name} names no image_set"])
+        set_name = board.image_set
+    return board, load_image_set(set_name)
+
+
+def cmd_images_lock(args):
+    """Write images/<set>.lock.json (and images/emulator.lock.json): the exact Debian packages provisioned.
+
+    Without --update: pins what the cache resolved already (what runs boot now; offline when
+    warm) and keeps pins that exist.  With --update: re-resolves every pin to the newest.
+    """
+    from .images.lock import emulator_lock_path, lock_path, pin_from_record, read_lock, write_lock
+    from .images.provision import provision
+    board, image_set = _set_of(args)
+    path = lock_path(image_set)
+    old = None if args.update else read_lock(path)
+    previous = read_lock(path) if args.update else old
+    data = {"image_set": image_set.name, "manifest": image_set.path.name,
+            "kernel": dict(old.data.get("kernel", {})) if old else {},
+            "busybox": dict(old.data.get("busybox", {})) if old else {}}
+    suites = [s for s in (args.kernel_suite or "").split(",") if s]
+    if previous:
+        suites += [key.split("/", 1)[1] for key in previous.data.get("kernel", {})]
+    variants = [image_set] + [image_set.with_kernel_suite(s) for s in dict.fromkeys(suites)
+                              if image_set.kernel and image_set.kernel.debian and s != image_set.kernel.debian.suite]
+    for variant in variants:
+        deb = variant.kernel.debian if variant.kernel else None
+        kernel_key = f"{deb.package}/{deb.suite}" if deb else None
+        busybox_key = f"{variant.busybox.package}/{variant.busybox.suite}" if variant.busybox else None
+        if not (kernel_key or busybox_key):
+            continue
+        if (kernel_key and kernel_key not in data["kernel"]) or (busybox_key and busybox_key not in data["busybox"]):
+            record = provision(variant, refresh="versions" if args.update else False, lock=None).record
+            if kernel_key and kernel_key not in data["kernel"]:
+                data["kernel"][kernel_key] = pin_from_record(record["kernel"])
+            if busybox_key and busybox_key not in data["busybox"]:
+                data["busybox"][busybox_key] = pin_from_record(record["initramfs"]["busybox"])
+    if not (data["kernel"] or data["busybox"]):
+        print(f"image set {image_set.name}: nothing is provisioned from Debian; no lock file written")
+    else:
+        lock = write_lock(path, data)
+        provision(image_set, lock=lock)          # the lock is usable as written (offline: just fetched)
+        print(f"{path}:")
+        for section in ("kernel", "busybox"):
+            for key, pin in sorted(data[section].items()):
+                print(f"  {section:8} {key:34} {pin['package']} {pin['version']}  deb sha256 {pin['deb_sha256'][:16]}")
+    if board is not None and board.emulator is not None:
+        _lock_emulator(args, board, emulator_lock_path())
+    return EXIT_OK
+
+
+def _lock_emulator(args, board, path):
+    from .images.emulator import DEBIAN_PACKAGES, resolve_emulator
+    from .images.lock import read_lock, write_lock
+    emulator = resolve_emulator(args.qemu, board.emulator.qemu_min_version, refresh=args.update, lock=None)
+    if not emulator.fetched:
+        print(f"emulator: {emulator.label} ({emulator.source}, {emulator.binary}) is not fetched from Debian: "
+              "nothing to pin")
+        return
+    record = emulator.fetched
+    key = f"{DEBIAN_PACKAGES[0]}/{record['suite']}/{record['arch']}"
+    old = read_lock(path)
+    entries = dict(old.data.get("emulator", {})) if old else {}
+    if key in entries and not args.update:
+        print(f"{path}: emulator {key} already pinned to {entries[key]['version']} (--update to re-resolve)")
+        return
+    entries[key] = {"version": record["version"], "suite": record["suite"], "arch": record["arch"],
+                    "packages": {name: {"package": name, **deb} for name, deb in sorted(record["packages"].items())}}
+    write_lock(path, {"emulator": entries})
+    print(f"{path}:\n  emulator {key:34} {record['version']}")
 
 
 def pytest_args_for_run(board, args, extra):
@@ -118,6 +204,14 @@ def build_parser():
     fetch.add_argument("--kernel-suite", help="newest kernel of this Debian suite instead")
     fetch.add_argument("--refresh", action="store_true", help="resolve versions again (asks the mirror)")
     fetch.set_defaults(func=cmd_images_fetch)
+    lock = images.add_parser("lock", help="pin the exact Debian packages an image set (and the emulator) provision")
+    which = lock.add_mutually_exclusive_group()
+    which.add_argument("--board", default="qemu-virt", help="lock the image set (and emulator) of this board")
+    which.add_argument("--set", help="lock this image set (images/<SET>.yaml)")
+    lock.add_argument("--kernel-suite", help="comma-separated further kernel suites to pin (for the matrix)")
+    lock.add_argument("--qemu", default="auto", help="emulator to pin (auto, or a Debian suite; as `run --qemu`)")
+    lock.add_argument("--update", action="store_true", help="re-resolve every pin to the newest and rewrite")
+    lock.set_defaults(func=cmd_images_lock)
 
     run = sub.add_parser("run", help="run the suites on a board (extra arguments go to pytest)")
     run.add_argument("--board", required=True, help=f"one of: {', '.join(known_boards())}")

@@ -48,11 +48,15 @@ class Cache:
     def has_blob(self, sha256):
         return self.blob_path(sha256).is_file()
 
+    def _needs_write(self, target, sha):
+        """True unless ``target`` already holds the bytes named ``sha`` (a corrupted blob is replaced)."""
+        return not target.is_file() or sha256_file(target) != sha
+
     def put_file(self, path):
         """Copy ``path`` into the cache; returns its sha256."""
         sha = sha256_file(path)
         target = self.blob_path(sha)
-        if not target.is_file():
+        if self._needs_write(target, sha):
             target.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
                 with open(path, "rb") as src:
@@ -64,7 +68,7 @@ class Cache:
     def put_bytes(self, data):
         sha = sha256_bytes(data)
         target = self.blob_path(sha)
-        if not target.is_file():
+        if self._needs_write(target, sha):
             target.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
                 tmp.write(data)
@@ -76,6 +80,20 @@ class Cache:
         """True when the blob exists and still hashes to its name."""
         path = self.blob_path(sha256)
         return path.is_file() and sha256_file(path) == sha256
+
+    def is_blob(self, path):
+        """Whether ``path`` is a blob of this cache (something provisioning can fetch or build again)."""
+        try:
+            return Path(path).resolve().parent == self.blob_path("x").parent.resolve()
+        except OSError:
+            return False
+
+    def drop_blob(self, sha256):
+        """Remove a blob (e.g. one that no longer hashes to its name); records naming it become stale."""
+        try:
+            self.blob_path(sha256).unlink()
+        except FileNotFoundError:
+            pass
 
     def record_path(self, key):
         safe = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in key)
@@ -91,6 +109,13 @@ class Cache:
         if not all(self.has_blob(sha) for sha in record.get("blobs", {}).values()):
             return None
         return record
+
+    def read_record(self, key):
+        """The record stored under ``key`` even when blobs it names are gone (for a rebuild), else None."""
+        try:
+            return json.loads(self.record_path(key).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
 
     def put_record(self, key, record):
         path = self.record_path(key)

@@ -158,7 +158,9 @@ class DebianArchive:
     def download(self, info, cache):
         """Download one .deb into the cache (progress shown, sha256 checked); returns its blob sha."""
         if info.sha256 and cache.has_blob(info.sha256):
-            return info.sha256
+            if cache.verify_blob(info.sha256):
+                return info.sha256
+            cache.drop_blob(info.sha256)   # a cached .deb that no longer matches: fetch it again
         url = f"{self.mirror}/{info.filename}"
         work = cache.work_dir("downloads")
         with tempfile.NamedTemporaryFile(dir=work, suffix=".deb", delete=False) as tmp:

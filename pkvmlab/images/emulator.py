@@ -28,13 +28,16 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..boards import version_tuple
 from ..errors import ConfigError, ImageError, InfrastructureError
 from .debian import DebianArchive
+from .lock import UPDATE_HINT, emulator_lock_path, read_lock
 from .progress import note
+
+USE_LOCK_FILE = object()   # resolve_emulator(lock=...): images/emulator.lock.json when it exists
 
 BINARY = "qemu-system-aarch64"
 # Debian's QEMU for arm64 guests is split in three: the binary, the helpers and ROMs it shares
@@ -50,6 +53,7 @@ class Emulator:
     version_line: str    # "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)"
     source: str          # "host", "debian:<suite>" or "file"
     package: str = ""    # "qemu-system-arm 1:10.0.2+ds-2+deb13u1~bpo12+1", when known
+    fetched: dict = field(default=None, compare=False)   # the cache record of a Debian emulator (for locking)
 
     @property
     def label(self):
@@ -119,35 +123,94 @@ def _host_emulator():
                     package=host_package(binary))
 
 
-def _debian_emulator(suite, cache, refresh=False):
-    """Debian's QEMU of ``suite`` unpacked in the cache; resolved once, then offline."""
+def _pin_matches(record, pin):
+    packages = record.get("packages") or {}
+    return record.get("version") == pin["version"] and all(
+        (packages.get(name) or {}).get("deb_sha256") == deb["deb_sha256"] for name, deb in pin["packages"].items())
+
+
+def _debian_emulator(suite, cache, refresh=False, lock=None):
+    """Debian's QEMU of ``suite`` unpacked in the cache; resolved once, then offline.
+
+    With ``lock`` (a Lock) the packages are exactly the pinned versions and .debs.
+    """
     arch = host_arch()
     key = f"emulator-debian-{DEBIAN_PACKAGES[0]}-{suite}-{arch}"
+    pin = None
+    if lock is not None:
+        pin = lock.emulator(DEBIAN_PACKAGES[0], suite, arch)
+        if pin is None:
+            raise ImageError(f"{lock.path}: no emulator pinned for {DEBIAN_PACKAGES[0]}/{suite}/{arch} "
+                             f"(pinned: {lock.describe('emulator')}); run `pkvmlab images lock --qemu {suite}` "
+                             "to pin it, or remove the lock file")
     record = None if refresh else cache.get_record(key)
+    if record is not None and pin is not None and not _pin_matches(record, pin):
+        record = None
     if record is not None and not (Path(record["tree"]) / "usr" / "bin" / BINARY).is_file():
         record = None   # the unpacked tree was removed: unpack again (the .debs are still blobs)
     if record is None:
-        record = cache.put_record(key, _fetch_debian(suite, arch, cache))
+        record = cache.put_record(key, _fetch_debian(suite, arch, cache, pin, lock.path if lock else None))
     binary = Path(record["tree"]) / "usr" / "bin" / BINARY
     version, line = query_version(binary)
     return Emulator(binary=binary, version=version, version_line=line, source=f"debian:{suite}",
-                    package=f"{DEBIAN_PACKAGES[0]} {record['version']}")
+                    package=f"{DEBIAN_PACKAGES[0]} {record['version']}", fetched=record)
 
 
-def _fetch_debian(suite, arch, cache):
-    archive = DebianArchive(cache.root / f"apt-{arch}", [suite], arch=arch)
-    archive.update()
-    infos = [archive.show(f"{name}/{suite}") for name in DEBIAN_PACKAGES]
-    main = infos[0]
-    odd = [info for info in infos[1:] if info.version != main.version]
-    if odd:
-        raise ImageError(f"Debian {suite}: {odd[0].name} {odd[0].version} does not match "
-                         f"{main.name} {main.version} (the mirror is mid-update; try again later)")
-    debs = {info.name: (info.version, archive.download(info, cache)) for info in infos}
-    safe_version = re.sub(r"[^A-Za-z0-9.+-]", "_", main.version)
-    tree = cache.root / "emulators" / f"{main.name}_{safe_version}_{arch}"
+def _pinned_debs(archive_for, suite, cache, pin, lock_path):
+    """{name: (version, deb sha)} of the pinned .debs: from the cache when intact, else the mirror."""
+    debs, missing = {}, []
+    for name in DEBIAN_PACKAGES:
+        deb = pin["packages"].get(name)
+        if deb is None:
+            raise ImageError(f"{lock_path}: emulator.{DEBIAN_PACKAGES[0]}/{suite}: packages.{name}: missing; "
+                             f"{UPDATE_HINT}")
+        if cache.verify_blob(deb["deb_sha256"]):
+            debs[name] = (deb["version"], deb["deb_sha256"])
+        else:
+            missing.append((name, deb))
+    if missing:
+        archive = archive_for()
+        for name, deb in missing:
+            try:
+                info = archive.show(f"{name}={deb['version']}", suite)
+            except ImageError:
+                raise ImageError(f"{lock_path}: emulator {name} {deb['version']} is pinned but {suite} on "
+                                 f"{archive.mirror} no longer has it; {UPDATE_HINT}") from None
+            if info.sha256 and info.sha256 != deb["deb_sha256"]:
+                raise ImageError(f"{lock_path}: emulator {name} {deb['version']}: the mirror's .deb has sha256 "
+                                 f"{info.sha256}, the lock says {deb['deb_sha256']}")
+            debs[name] = (deb["version"], archive.download(info, cache))
+    return debs
+
+
+def _fetch_debian(suite, arch, cache, pin=None, lock_path=None):
+    archives = []
+
+    def archive_for():
+        if not archives:
+            archive = DebianArchive(cache.root / f"apt-{arch}", [suite], arch=arch)
+            archive.update()
+            archives.append(archive)
+        return archives[0]
+
+    if pin is not None:
+        debs = _pinned_debs(archive_for, suite, cache, pin, lock_path)
+        main_version = pin["version"]
+    else:
+        archive = archive_for()
+        infos = [archive.show(f"{name}/{suite}") for name in DEBIAN_PACKAGES]
+        main = infos[0]
+        odd = [info for info in infos[1:] if info.version != main.version]
+        if odd:
+            raise ImageError(f"Debian {suite}: {odd[0].name} {odd[0].version} does not match "
+                             f"{main.name} {main.version} (the mirror is mid-update; try again later)")
+        debs = {info.name: (info.version, archive.download(info, cache)) for info in infos}
+        main_version = main.version
+    main_name = DEBIAN_PACKAGES[0]
+    safe_version = re.sub(r"[^A-Za-z0-9.+-]", "_", main_version)
+    tree = cache.root / "emulators" / f"{main_name}_{safe_version}_{arch}"
     if not (tree / "usr" / "bin" / BINARY).is_file():
-        note(f"unpacking {main.name} {main.version} ({suite}, {arch}) into {tree}")
+        note(f"unpacking {main_name} {main_version} ({suite}, {arch}) into {tree}")
         tree.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=tree.parent, prefix=f".{tree.name}-"))
         try:
@@ -162,16 +225,29 @@ def _fetch_debian(suite, arch, cache):
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp)
-    return {"source": "debian", "suite": suite, "arch": arch, "mirror": archive.mirror, "version": main.version,
-            "packages": {name: {"version": version, "deb_sha256": sha} for name, (version, sha) in debs.items()},
-            "tree": str(tree), "resolved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "blobs": {name: sha for name, (_, sha) in debs.items()}}
+    record = {"source": "debian", "suite": suite, "arch": arch, "version": main_version,
+              "packages": {name: {"version": version, "deb_sha256": sha} for name, (version, sha) in debs.items()},
+              "tree": str(tree), "resolved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "blobs": {name: sha for name, (_, sha) in debs.items()}}
+    if archives:
+        record["mirror"] = archives[0].mirror
+    if lock_path is not None:
+        record["pinned_by"] = str(lock_path)
+    return record
 
 
-def resolve_emulator(spec, min_version=None, cache=None, refresh=False, where="--qemu"):
-    """The Emulator ``spec`` names (see the module docstring); raises ConfigError/ImageError/InfrastructureError."""
+def resolve_emulator(spec, min_version=None, cache=None, refresh=False, where="--qemu", lock=USE_LOCK_FILE):
+    """The Emulator ``spec`` names (see the module docstring); raises ConfigError/ImageError/InfrastructureError.
+
+    ``lock``: images/emulator.lock.json when it exists (default), None for the newest, or a Lock / path;
+    it pins the Debian emulators only (a host or file QEMU is what it is, and is recorded as such).
+    """
     from .cache import Cache
     cache = cache or Cache()
+    if lock is USE_LOCK_FILE:
+        lock = read_lock(emulator_lock_path())
+    elif lock is not None and not hasattr(lock, "data"):
+        lock = read_lock(lock)
     spec = (spec or "auto").strip()
     if spec == "host":
         emulator = _host_emulator()
@@ -186,7 +262,7 @@ def resolve_emulator(spec, min_version=None, cache=None, refresh=False, where="-
         version, line = query_version(binary)
         return Emulator(binary=binary.resolve(), version=version, version_line=line, source="file")
     if spec != "auto":
-        return _debian_emulator(spec, cache, refresh)
+        return _debian_emulator(spec, cache, refresh, lock)
     host = _host_emulator()
     if host is not None and (min_version is None or version_tuple(host.version) >= version_tuple(min_version)):
         return host
@@ -195,7 +271,7 @@ def resolve_emulator(spec, min_version=None, cache=None, refresh=False, where="-
     if codename is None:
         raise InfrastructureError(f"this board needs QEMU >= {min_version} and {have}; on a non-Debian host give "
                                   f"{where} PATH to a newer qemu-system-aarch64 (or {where} host to accept it)")
-    emulator = _debian_emulator(f"{codename}-backports", cache, refresh)
+    emulator = _debian_emulator(f"{codename}-backports", cache, refresh, lock)
     if min_version and version_tuple(emulator.version) < version_tuple(min_version):
         raise InfrastructureError(f"this board needs QEMU >= {min_version}; {have} and Debian "
                                   f"{codename}-backports has {emulator.version}: give {where} PATH or a suite")
