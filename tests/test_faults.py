@@ -7,6 +7,7 @@ read back.  Each test here failed on main before the failure taxonomy (the
 message it asserts did not exist, or the exit code was 1/2 for everything).
 """
 
+import json
 import os
 import signal
 import sqlite3
@@ -130,6 +131,26 @@ def test_qemu_killed_mid_boot_is_infrastructure_not_a_broken_strategy(tmp_path):
     assert messages["test_two"] == messages["test_one"]
     summary = [line for line in out.splitlines() if line.startswith("ERROR ")]
     assert len(summary) == 2 and all("[infrastructure] QEMU died " in line for line in summary), summary
+
+
+def test_qemu_killed_mid_boot_is_retried_when_the_board_allows_and_recorded(tmp_path):
+    board = board_variant(tmp_path, "qemu-virt", {"boot_timeout: 60": "boot_timeout: 60\nboot_retries: 1"})
+    suite = write_suite(tmp_path, "def test_one(booted):\n    pass\n")
+    proc = start_run(tmp_path / "reports", suite, board=board)
+    log = tmp_path / "reports" / "run" / "console.log"
+    assert wait_for_console(log, "Booting Linux")
+    for pid in qemu_children(proc.pid):
+        os.kill(pid, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    _, props, cases = parse_junit(tmp_path / "reports" / "run" / "junit.xml")
+    assert len(cases) == 1 and cases["test_one"].find("error") is None     # one verdict, not one per attempt
+    assert props["pkvmlab.boot_attempts"] == "2"
+    attempts = json.loads((tmp_path / "reports" / "run" / "boot_attempts.json").read_text())
+    assert [a["class"] for a in attempts] == ["infrastructure", None]
+    assert attempts[0]["message"].startswith("QEMU died ")
+    assert "pkvmlab: boot attempt 1 failed (infrastructure: QEMU died " in out
+    assert "=== pkvmlab: boot attempt 2 ===" in log.read_text(errors="replace")
 
 
 def test_env_file_that_is_not_yaml_is_one_line_naming_file_and_line(tmp_path):

@@ -4,6 +4,7 @@ Each test is one real boot (about 3-5 s under TCG).  JUnit files are parsed
 back and validated against Jenkins' junit-10.xsd.
 """
 
+import json
 import signal
 import subprocess
 import sys
@@ -65,7 +66,7 @@ def test_wrong_expectation_fails_saying_expected_vs_measured(tmp_path):
 def test_board_that_never_boots_fails_in_time_with_console_tail(tmp_path):
     # The kernel boots all the way, but into busybox's own shell (a later rdinit= wins), whose
     # prompt is not the harness's: a board that never reaches its shell, whatever the machine's speed.
-    board = board_variant(tmp_path, "qemu-virt", {"boot_timeout: 60": "boot_timeout: 12",
+    board = board_variant(tmp_path, "qemu-virt", {"boot_timeout: 60": "boot_timeout: 12\nboot_retries: 2",
                                                   "kernel_args: kvm-arm.mode=protected":
                                                   "kernel_args: kvm-arm.mode=protected rdinit=/bin/sh"})
     started = time.monotonic()
@@ -82,6 +83,9 @@ def test_board_that_never_boots_fails_in_time_with_console_tail(tmp_path):
     error = element.text
     assert "--- last console lines ---" in error and "Run /bin/sh as init process" in error
     assert "Booting Linux" in (run_dir / "console.log").read_text()
+    # A board's failure is never retried, whatever boot_retries allows: one attempt, recorded.
+    assert props["pkvmlab.boot_attempts"] == "1"
+    assert [a["class"] for a in json.loads((run_dir / "boot_attempts.json").read_text())] == ["board"]
 
 
 def test_qemu_that_cannot_start_is_an_error_not_a_hang(tmp_path):

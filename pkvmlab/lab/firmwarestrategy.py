@@ -118,11 +118,11 @@ class FirmwareShellStrategy(Strategy):
         try:
             self.power.on()
         except Exception as error:  # noqa: BLE001 - any power failure is the first cause, said in one line
-            self._fail(f"power on failed: {error}", power_off=False)
+            self._fail(f"power on failed: {error}", power_off=False, infrastructure=True)
         try:
             self.target.activate(self.console)
         except Exception as error:  # noqa: BLE001 - a serial server that refuses is the first cause
-            self._fail(f"console {self._console_name()} did not open: {error}")
+            self._fail(f"console {self._console_name()} did not open: {error}", infrastructure=True)
 
     def _console_name(self):
         port = getattr(self.console, "port", None)
@@ -149,7 +149,7 @@ class FirmwareShellStrategy(Strategy):
             if code != 0:
                 cause = next((line for line in output if "TFTP error" in line or "Retry count" in line), None)
                 what = f"TFTP failed: {cause.strip()}" if cause else "U-Boot command failed"
-                self._fail(f"{what} (exit {code} from '{command}')")
+                self._fail(f"{what} (exit {code} from '{command}')", infrastructure=cause is not None)
         self.console.sendline(boot)
 
     def _shell_prompt(self):
@@ -167,12 +167,12 @@ class FirmwareShellStrategy(Strategy):
                 self.console.settle(0.5, timeout=3)
             except (EOF, TIMEOUT):
                 pass
-            self._fail(f"{what} {elapsed:.1f} s after power-on: {match.group(0).decode(errors='replace')}")
+            self._fail(f"{what}: {match.group(0).decode(errors='replace').strip()} ({elapsed:.1f} s after power-on)")
         if patterns[index] is EOF:
-            self._fail(f"the console closed {elapsed:.1f} s after power-on (board went away)")
-        self._fail(f"no shell prompt ({self.shell.prompt!r}) within the boot timeout of {self.boot_timeout:.0f} s")
+            self._fail(f"the console closed {elapsed:.1f} s after power-on (board went away)", infrastructure=True)
+        self._fail(f"no shell prompt within {self.boot_timeout:.0f} s of power-on ({self.shell.prompt!r} never seen)")
 
-    def _fail(self, message, power_off=True):
+    def _fail(self, message, power_off=True, infrastructure=False):
         tail = self.console_log.tail(25) if self.console_log else ""
         log = self.console_log.path if self.console_log else None
         if power_off:
@@ -180,7 +180,9 @@ class FirmwareShellStrategy(Strategy):
                 self.power.off()
             except Exception:  # noqa: BLE001 - the boot error is what matters
                 self.logger.warning("power off after a failed boot failed too", exc_info=True)
-        raise BootError(f"{self.target.name}: {message}", console_tail=tail, log_path=log)
+        error = BootError(f"{message} [{self.target.name}]", console_tail=tail, log_path=log)
+        error.infrastructure = infrastructure    # the lab's (power, serial, TFTP), not the board's
+        raise error
 
     @never_retry
     @step(args=["status"])

@@ -39,6 +39,8 @@ from labgrid.driver.common import Driver
 from labgrid.factory import target_factory
 from labgrid.step import step
 
+from ..errors import InfrastructureError
+
 PR_SET_PDEATHSIG = 1
 
 
@@ -61,8 +63,8 @@ def listening(port):
     return False
 
 
-class PowerError(Exception):
-    pass
+class PowerError(InfrastructureError):
+    """The power switch (or the QEMU it starts) failed: the lab's fault, never the board's."""
 
 
 @target_factory.reg_driver
