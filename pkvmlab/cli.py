@@ -234,6 +234,8 @@ def build_parser():
     matrix.add_argument("--cpus", default="", help="comma-separated QEMU -cpu values (default: the board's)")
     matrix.add_argument("--jobs", type=int, default=2, help="boards booted at once (default 2)")
     matrix.add_argument("--reports", help="reports directory (default: reports/)")
+    matrix.add_argument("--no-health-check", dest="health_check", action="store_false",
+                        help="skip the boot-to-shell health check before the cells")
     matrix.set_defaults(func=cmd_matrix)
 
     try:

@@ -210,21 +210,38 @@ def run_matrix(args):
     note(f"matrix: {len(kernels)} kernels x {len(modes)} modes x {len(qemus)} emulators x {len(cpus)} CPUs, "
          f"{args.jobs} at once, into {matrix_dir}")
     matrix_dir.mkdir(parents=True)
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = [pool.submit(_run_cell, board.name, k, m, reports, matrix_id, q, c)
-                   for k in kernels for m in modes for q in qemus for c in cpus]
-        results = []
-        for future in futures:
-            result = future.result()
-            note(f"matrix: {_cell_id(result['kernel'], result['mode'], result['qemu'], result['cpu'])}: "
-                 f"exit {result['exit']} in {result['seconds']} s")
-            results.append(result)
+    health = None
+    if getattr(args, "health_check", True):
+        from .healthcheck import run_health_check
+        health = run_health_check(str(board.path), reports, matrix_id)
+        note(f"matrix: health check of {board.name}: " + ("ok" if health["exit"] == 0 else
+             f"FAILED (exit {health['exit']}): {health['message']}") + f" in {health['seconds']} s")
+    combos = [(k, m, q, c) for k in kernels for m in modes for q in qemus for c in cpus]
+    if health is not None and health["exit"] != 0:
+        results = [_skipped_cell(board.name, reports, matrix_id, combo, health) for combo in combos]
+    else:
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            futures = [pool.submit(_run_cell, str(board.path), k, m, reports, matrix_id, q, c) for k, m, q, c in combos]
+            results = []
+            for future in futures:
+                result = future.result()
+                note(f"matrix: {_cell_id(result['kernel'], result['mode'], result['qemu'], result['cpu'])}: "
+                     f"exit {result['exit']} in {result['seconds']} s")
+                results.append(result)
     cells = {(r["kernel"], r["mode"], r["qemu"], r["cpu"]): read_cell(r["run_dir"]) for r in results}
     wall = time.monotonic() - started
     title = f"pkvmlab matrix on {board.name}: {len(results)} boots in {wall:.0f} s"
-    (matrix_dir / "matrix.md").write_text(f"# {title}\n\n" + matrix_markdown(kernels, modes, cells, qemus, cpus))
+    banner = ""
+    if health is not None and health["exit"] != 0:
+        banner = (f"**{board.name} failed its health check** (exit {health['exit']}): {health['message']}. "
+                  f"{len(results)} cells not run.\n\n")
+    table = matrix_markdown(kernels, modes, cells, qemus, cpus)
+    (matrix_dir / "matrix.md").write_text(f"# {title}\n\n{banner}{table}")
     (matrix_dir / "matrix.html").write_text(matrix_html(kernels, modes, cells, title, qemus, cpus))
     inputs = [r["run_dir"] / "junit.xml" for r in results if (r["run_dir"] / "junit.xml").is_file()]
+    if health is not None and health["exit"] != 0 and (health["run_dir"] / "junit.xml").is_file():
+        inputs.insert(0, health["run_dir"] / "junit.xml")    # the failed check is the report's first cause
+
     from .report.merge import merge_junit
     merge_junit(inputs, matrix_dir / "junit.xml")
     from .report.publish import HISTORY_NAME, publish_run
@@ -233,4 +250,16 @@ def run_matrix(args):
         note(line.removeprefix("pkvmlab: "))
     print((matrix_dir / "matrix.md").read_text())
     print(f"pkvmlab: matrix report {matrix_dir / 'junit.xml'}, table {matrix_dir / 'matrix.md'} ({wall:.0f} s)")
-    return 0 if all(r["exit"] == 0 for r in results) and len(inputs) == len(results) else 1
+    from .outcome import run_exit_code
+    if health is not None and health["exit"] != 0:
+        return health["exit"]
+    return run_exit_code([r["exit"] if (r["run_dir"] / "junit.xml").is_file() else None for r in results])
+
+
+def _skipped_cell(board_name, reports, matrix_id, combo, health):
+    """A cell not run because the board failed its health check: a JUnit file that says so."""
+    from .healthcheck import write_skipped_cell
+    kernel, mode, qemu, cpu = combo
+    run_dir = Path(reports) / matrix_id / _cell_id(kernel, mode, qemu, cpu)
+    write_skipped_cell(run_dir / "junit.xml", f"{board_name}/{kernel}/{mode}", board_name, health["message"])
+    return {"kernel": kernel, "mode": mode, "qemu": qemu, "cpu": cpu, "exit": 0, "run_dir": run_dir, "seconds": 0}

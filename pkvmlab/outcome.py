@@ -117,3 +117,18 @@ def exit_code(kinds):
     """The run's exit code for the classes that occurred (None: leave pytest's)."""
     kinds = [k for k in kinds if k is not None]
     return max(kinds, key=lambda k: k.rank).exit_code if kinds else None
+
+
+def run_exit_code(codes):
+    """One exit code for several runs (matrix cells): the highest-ranked class among them.
+
+    ``None`` stands for a run that wrote no report (infrastructure); a code that is
+    none of the classes' (pytest's 2-5, a signal) counts as a harness failure.
+    """
+    by_code = {kind.exit_code: kind for kind in KINDS}
+    kinds = []
+    for code in codes:
+        if code == 0:
+            continue
+        kinds.append(INFRASTRUCTURE if code is None else by_code.get(code, HARNESS))
+    return exit_code(kinds) or 0

@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from boardrun import ROOT, board_variant, parse_junit, pkvmlab, qemu_children, start_run, wait_for_console
+from boardrun import ROOT, SCHEMA, board_variant, parse_junit, pkvmlab, qemu_children, start_run, wait_for_console
 
 pytestmark = pytest.mark.qemu
 
@@ -32,6 +32,12 @@ def run_suite(tmp_path, suite, *extra, board="qemu-virt"):
     proc = pkvmlab("run", "--board", str(board), "--reports", str(tmp_path / "reports"), "--run-id", "run",
                    *extra, str(suite))
     return proc, tmp_path / "reports" / "run"
+
+
+def parse_junit_root(path):
+    SCHEMA.validate(str(path))
+    import xml.etree.ElementTree as ET
+    return ET.parse(path).getroot()
 
 
 def output(proc):
@@ -151,6 +157,23 @@ def test_qemu_killed_mid_boot_is_retried_when_the_board_allows_and_recorded(tmp_
     assert attempts[0]["message"].startswith("QEMU died ")
     assert "pkvmlab: boot attempt 1 failed (infrastructure: QEMU died " in out
     assert "=== pkvmlab: boot attempt 2 ===" in log.read_text(errors="replace")
+
+
+def test_matrix_on_a_board_that_fails_its_health_check_runs_no_cell(tmp_path):
+    board = board_variant(tmp_path, "qemu-virt", {}, env_replace={"-no-reboot": "-no-reboot -bogus"})
+    started = time.monotonic()
+    proc = pkvmlab("matrix", "--board", str(board), "--kernels", "trixie-backports", "--modes", "protected,nvhe",
+                   "--reports", str(tmp_path / "reports"))
+    assert proc.returncode == 11, output(proc)
+    assert time.monotonic() - started < 60      # one failed start, not one per cell
+    (matrix_dir,) = [d for d in (tmp_path / "reports").iterdir() if d.name.startswith("matrix-")]
+    root = parse_junit_root(matrix_dir / "junit.xml")
+    skipped = [s.get("message") for s in root.iter("skipped")]
+    why = "qemu-virt failed its health check (infrastructure: QEMU exited at start (code 1): " \
+          "qemu-system-aarch64: -bogus: invalid option)"
+    assert skipped == [f"not run: {why}"] * 2, skipped
+    assert [e.get("type") for e in root.iter("error")] == ["pkvmlab.infrastructure"]
+    assert "qemu-virt failed its health check** (exit 11)" in (matrix_dir / "matrix.md").read_text()
 
 
 def test_env_file_that_is_not_yaml_is_one_line_naming_file_and_line(tmp_path):
