@@ -15,6 +15,7 @@ table - rows kernels, columns modes - is written as Markdown and HTML.
 
 import html
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from .boards import load_board, project_root
 from .images.manifest import load_image_set
 from .images.progress import note
 from .images.provision import provision
+from .lab.childproc import die_with_parent
 from .report.junit import XFAIL_TYPE
 
 
@@ -60,7 +62,10 @@ def _run_cell(board_name, kernel_suite, mode, reports, matrix_id, qemu="auto", c
            *(["--qemu", qemu] if qemu != "auto" else []), *(["--cpu", cpu] if cpu else []),
            str(root / "suites" / "boot"), str(root / "suites" / "pvm"), "-q", "-p", "no:cacheprovider"]
     started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    # The cell dies with the matrix (childproc): SIGTERM, so that it still writes its JUnit file and
+    # stops its QEMU (which has its own death signal, SIGKILL, should the cell itself be killed).  This
+    # runs in a pool thread, which blocks here until the cell has exited: the death signal is tied to it.
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, preexec_fn=die_with_parent(signal.SIGTERM))
     run_dir = Path(reports) / run_id
     (run_dir / "pytest-output.txt").write_text(proc.stdout + proc.stderr)
     return {"kernel": kernel_suite, "mode": mode, "qemu": qemu, "cpu": cpu, "exit": proc.returncode,

@@ -12,8 +12,10 @@ holds a ``NetworkPowerPort`` (model ``simplerest``) exactly as for a real PDU.
 tcp:...,server=on,wait=on``: the guest starts when the console connects, so no
 firmware output is lost), or fails with QEMU's own error as the HTTP reason
 (labgrid's ``raise_for_status`` puts it in one line).  QEMU gets
-``PR_SET_PDEATHSIG`` so it never outlives the harness, also after a SIGKILL;
-deactivating the driver stops QEMU and the server.
+``PR_SET_PDEATHSIG``/SIGKILL (``childproc.die_with_parent``) so it never outlives
+the harness, also after a SIGKILL; it is started by the server's one long-lived
+thread, which the kernel's death signal is tied to, and which ends only after
+deactivating the driver has stopped QEMU.
 
 Config:
     port (int): TCP port of the switch on 127.0.0.1
@@ -26,10 +28,8 @@ Config:
     start_timeout (float): seconds for QEMU to listen on its serial port
 """
 
-import ctypes
 import http.server
 import shlex
-import signal
 import subprocess
 import threading
 import time
@@ -40,12 +40,7 @@ from labgrid.factory import target_factory
 from labgrid.step import step
 
 from ..errors import InfrastructureError
-
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent():
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+from .childproc import die_with_parent
 
 
 def listening(port):
@@ -169,7 +164,7 @@ class QEMUPowerSwitchDriver(Driver):
         cmd = self.command()
         self.logger.info("power on: %s", shlex.join(cmd))
         self._process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
+                                         stderr=subprocess.PIPE, preexec_fn=die_with_parent())
         deadline = time.monotonic() + self.start_timeout
         while not listening(self.serial_port):
             if self._process.poll() is not None:

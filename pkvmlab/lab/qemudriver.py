@@ -9,13 +9,24 @@ rather than worked around in every caller:
   own error message is lost;
 * ``_read()`` sleeps 10 ms before every read; QEMU's PL011 stalls the guest
   while its ~250-byte socket buffer is full, so that sleep slows the guest's
-  boot itself (2.0-2.4 s to a prompt instead of 1.6-2.0 s).
+  boot itself (2.0-2.4 s to a prompt instead of 1.6-2.0 s);
+* nothing ties QEMU's life to the harness: its only cleanup is an ``atexit``
+  handler and ``on_deactivate``, which a SIGKILL (or OOM kill, or interpreter
+  crash) never runs, so QEMU went on under PID 1 and its temp dir
+  (``$TMPDIR/labgrid-qemu-tmp-*``, QEMU's console socket) stayed.  Here QEMU is
+  started with ``PR_SET_PDEATHSIG``/SIGKILL (``childproc.die_with_parent``; ``on()``
+  runs in pytest's main thread, which lives as long as the harness), the temp
+  dir gets an owner file, and every activation removes the temp dirs of dead
+  owners (``childproc.sweep_stale``).  Normal exit and SIGTERM/SIGINT/SIGHUP
+  (the plugin's handler) remove it through ``on_deactivate`` as before, with an
+  ``atexit`` fallback.
 
 Config, on top of QEMUDriver's:
     initrd (str): optional, key under ``images:`` for the initramfs
     start_timeout (float): seconds QEMU may take to open its console and QMP socket (default 15)
 """
 
+import atexit
 import select
 import shutil
 import subprocess
@@ -30,6 +41,7 @@ from labgrid.util.qmp import QMPError, QMPMonitor
 from pexpect import EOF, TIMEOUT
 
 from ..errors import InfrastructureError
+from .childproc import die_with_parent, mark_owned, sweep_stale
 
 
 @target_factory.reg_driver
@@ -49,6 +61,12 @@ class PkvmQEMUDriver(QEMUDriver):
             cmd[1:1] = ["-initrd", self.target.env.config.get_image_path(self.initrd)]
         return cmd
 
+    def on_activate(self):
+        sweep_stale("labgrid-qemu-tmp-*")    # left by harnesses that were SIGKILLed
+        super().on_activate()
+        mark_owned(self._tempdir)
+        atexit.register(shutil.rmtree, self._tempdir, ignore_errors=True)
+
     @step()
     def on(self):
         """Start QEMU paused, connect console and QMP within start_timeout, then let it run."""
@@ -57,7 +75,7 @@ class PkvmQEMUDriver(QEMUDriver):
         self.logger.debug("Starting with: %s", self._cmd)
         self._stderr = tempfile.TemporaryFile()
         self._child = subprocess.Popen(self._cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                       stderr=self._stderr)
+                                       stderr=self._stderr, preexec_fn=die_with_parent())
         deadline = time.monotonic() + self.start_timeout
         while True:
             ready, _, _ = select.select([self._socket], [], [], 0.05)

@@ -1,0 +1,139 @@
+"""No orphans: whatever ends `pkvmlab run` (SIGKILL, SIGHUP, SIGTERM), its QEMU ends with it.
+
+Each test starts a real `pkvmlab run` on a real QEMU board with a suite that
+sleeps on the booted board, finds the harness's QEMU in /proc (a child of the
+harness), signals the harness and checks that QEMU is gone within seconds and
+that labgrid's temp dir of the run (``labgrid-qemu-tmp-*``, the console socket
+named on QEMU's command line) does not stay: removed by the harness itself on
+SIGTERM/SIGHUP, and by the next run after a SIGKILL (nothing of a SIGKILLed
+process runs; ``pkvmlab.lab.childproc`` says why that is the honest bound).
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.qemu
+
+SLOW_SUITE = "def test_sleeps(booted):\n    booted.run('sleep 60', timeout=90)\n"
+
+
+def children(pid):
+    """{pid: cmdline} of the live (not zombie) children of ``pid``, read from /proc."""
+    found = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == pid and state != "Z":
+            found[int(entry.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace")
+    return found
+
+
+def alive(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_until(condition, seconds, step=0.1):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(step)
+    return condition()
+
+
+def start_sleeping_run(tmp_path, board="qemu-virt", marker="sleep 60", timeout=120):
+    """Start `pkvmlab run` of a suite that sleeps on the board; return (harness, qemu pid, temp dir or None)."""
+    suite = tmp_path / "test_sleeping.py"
+    suite.write_text(SLOW_SUITE)
+    out = open(tmp_path / "harness-output.txt", "w")
+    harness = subprocess.Popen([sys.executable, "-m", "pkvmlab.cli", "run", "--board", board, "--reports",
+                                str(tmp_path / "reports"), "--run-id", "x", str(suite), "-p", "no:cacheprovider"],
+                               cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    out.close()
+    log = tmp_path / "reports" / "x" / "console.log"
+
+    def sleeping():
+        return harness.poll() is not None or (log.exists() and marker in log.read_text(errors="replace"))
+    wait_until(sleeping, timeout, 0.2)
+    assert harness.poll() is None, (tmp_path / "harness-output.txt").read_text()[-3000:]
+    qemus = {pid: cmd for pid, cmd in children(harness.pid).items() if "qemu-system" in cmd}
+    if not qemus:   # the power switch's QEMU is a child of the harness too, started by its server thread
+        harness.kill()
+        harness.wait()
+        pytest.fail(f"no QEMU child of the harness: {children(harness.pid)}")
+    (pid, cmdline), = qemus.items()
+    socket = re.search(r"path=(\S*/labgrid-qemu-tmp-[^/\s]+)/serialrw", cmdline)
+    return harness, pid, Path(socket.group(1)) if socket else None
+
+
+def end_harness(harness, sig, seconds=30):
+    harness.send_signal(sig)
+    try:
+        return harness.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        harness.kill()
+        harness.wait()
+        pytest.fail(f"harness still running {seconds} s after {signal.Signals(sig).name}")
+
+
+def kill_leftover(pid):
+    """Do not let a failing test leave its own orphan behind."""
+    if alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_sigkill_of_harness_kills_qemu_and_next_run_removes_temp_dir(tmp_path):
+    harness, qemu, tempdir = start_sleeping_run(tmp_path)
+    assert tempdir is not None and tempdir.is_dir()
+    try:
+        end_harness(harness, signal.SIGKILL)
+        assert wait_until(lambda: not alive(qemu), 5), f"QEMU {qemu} outlived the SIGKILLed harness"
+    finally:
+        kill_leftover(qemu)
+    # Nothing of a SIGKILLed process runs, so its temp dir stays - provably its own - until the next run.
+    assert (tempdir / ".pkvmlab-owner").is_file(), sorted(p.name for p in tempdir.iterdir())
+    proc = subprocess.run([sys.executable, "-m", "pkvmlab.cli", "run", "--board", "qemu-virt", "--reports",
+                           str(tmp_path / "reports"), "--run-id", "next", str(ROOT / "suites" / "boot"),
+                           "-k", "reached_shell", "-p", "no:cacheprovider"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not tempdir.exists(), f"{tempdir} of the SIGKILLed run survived the next run"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM], ids=["SIGHUP", "SIGTERM"])
+def test_hangup_or_terminate_ends_qemu_and_removes_temp_dir(tmp_path, sig):
+    harness, qemu, tempdir = start_sleeping_run(tmp_path)
+    assert tempdir is not None and tempdir.is_dir()
+    try:
+        code = end_harness(harness, sig)
+        assert code != -sig, f"the harness died of {signal.Signals(sig).name} instead of ending the run"
+        assert wait_until(lambda: not alive(qemu), 5), f"QEMU {qemu} outlived the harness"
+    finally:
+        kill_leftover(qemu)
+    assert not tempdir.exists(), f"{tempdir} stayed after {signal.Signals(sig).name}"
+    assert (tmp_path / "reports" / "x" / "junit.xml").is_file()
+
+
+def test_sigkill_of_harness_kills_power_switch_qemu(tmp_path):
+    """The U-Boot board: QEMU started by the power switch's server thread dies with the harness too."""
+    harness, qemu, _ = start_sleeping_run(tmp_path, board="qemu-uboot")
+    try:
+        end_harness(harness, signal.SIGKILL)
+        assert wait_until(lambda: not alive(qemu), 5), f"QEMU {qemu} outlived the SIGKILLed harness"
+    finally:
+        kill_leftover(qemu)
