@@ -137,3 +137,32 @@ def test_sigkill_of_harness_kills_power_switch_qemu(tmp_path):
         assert wait_until(lambda: not alive(qemu), 5), f"QEMU {qemu} outlived the SIGKILLed harness"
     finally:
         kill_leftover(qemu)
+
+
+def test_sigkill_of_matrix_ends_its_cells_and_their_qemu(tmp_path):
+    """A matrix cell gets SIGTERM when the matrix dies: it ends its run (JUnit marked interrupted) and its QEMU."""
+    matrix = subprocess.Popen([sys.executable, "-m", "pkvmlab.cli", "matrix", "--kernels", "trixie-backports",
+                               "--modes", "protected", "--jobs", "1", "--reports", str(tmp_path)],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cell = qemu = None
+
+    def booting():
+        nonlocal cell, qemu
+        for pid in children(matrix.pid):
+            qemus = [q for q, cmd in children(pid).items() if "qemu-system" in cmd]
+            if qemus:
+                cell, qemu = pid, qemus[0]
+                return True
+        return matrix.poll() is not None
+    try:
+        assert wait_until(booting, 300, 0.1) and qemu is not None, "no cell QEMU seen"
+        time.sleep(2)
+        end_harness(matrix, signal.SIGKILL)
+        assert wait_until(lambda: not alive(cell) and not alive(qemu), 15), \
+            f"cell {cell} alive: {alive(cell)}, its QEMU {qemu} alive: {alive(qemu)}, after the matrix died"
+    finally:
+        for pid in (cell, qemu):
+            if pid is not None:
+                kill_leftover(pid)
+    junit, = tmp_path.glob("matrix-*/*/junit.xml")
+    assert 'name="pkvmlab.interrupted" value="SIGTERM"' in junit.read_text()
