@@ -158,7 +158,7 @@ def test_sigkill_of_matrix_ends_its_cells_and_their_qemu(tmp_path):
         assert wait_until(booting, 300, 0.1) and qemu is not None, "no cell QEMU seen"
         time.sleep(2)
         end_harness(matrix, signal.SIGKILL)
-        assert wait_until(lambda: not alive(cell) and not alive(qemu), 15), \
+        assert wait_until(lambda: not alive(cell) and not alive(qemu), 5), \
             f"cell {cell} alive: {alive(cell)}, its QEMU {qemu} alive: {alive(qemu)}, after the matrix died"
     finally:
         for pid in (cell, qemu):
