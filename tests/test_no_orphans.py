@@ -56,10 +56,17 @@ def wait_until(condition, seconds, step=0.1):
     return condition()
 
 
-def start_sleeping_run(tmp_path, board="qemu-virt", marker="sleep 60", timeout=120):
+# The guest floods its console while the host side of the test sleeps and reads nothing.
+FLOOD_SUITE = ("import time\n\n\ndef test_floods(booted):\n"
+               "    booted.run('(sleep 1; yes pkvmlab-flood) > /dev/console 2>&1 &')\n"
+               "    print('flooding', flush=True)\n"
+               "    time.sleep(60)\n")
+
+
+def start_sleeping_run(tmp_path, board="qemu-virt", marker="sleep 60", timeout=120, suite_text=SLOW_SUITE):
     """Start `pkvmlab run` of a suite that sleeps on the board; return (harness, qemu pid, temp dir or None)."""
     suite = tmp_path / "test_sleeping.py"
-    suite.write_text(SLOW_SUITE)
+    suite.write_text(suite_text)
     out = open(tmp_path / "harness-output.txt", "w")
     harness = subprocess.Popen([sys.executable, "-m", "pkvmlab.cli", "run", "--board", board, "--reports",
                                 str(tmp_path / "reports"), "--run-id", "x", str(suite), "-p", "no:cacheprovider"],
@@ -71,7 +78,7 @@ def start_sleeping_run(tmp_path, board="qemu-virt", marker="sleep 60", timeout=1
         return harness.poll() is not None or (log.exists() and marker in log.read_text(errors="replace"))
     wait_until(sleeping, timeout, 0.2)
     assert harness.poll() is None, (tmp_path / "harness-output.txt").read_text()[-3000:]
-    qemus = {pid: cmd for pid, cmd in children(harness.pid).items() if "qemu-system" in cmd}
+    qemus = {pid: cmd for pid, cmd in children(harness.pid).items() if "qemu-system" in cmd and "-serial" in cmd}
     if not qemus:   # the power switch's QEMU is a child of the harness too, started by its server thread
         harness.kill()
         harness.wait()
@@ -129,6 +136,20 @@ def test_hangup_or_terminate_ends_qemu_and_removes_temp_dir(tmp_path, sig):
     assert (tmp_path / "reports" / "x" / "junit.xml").is_file()
 
 
+def test_sigterm_while_nobody_reads_the_flooded_console_ends_in_seconds(tmp_path):
+    """A full console socket stalls QEMU's QMP (its PL011 retries the write holding QEMU's lock): stopping
+    QEMU must not wait for a QMP answer, or SIGTERM leaves a harness that never ends."""
+    harness, qemu, tempdir = start_sleeping_run(tmp_path, marker="yes pkvmlab-flood", suite_text=FLOOD_SUITE)
+    time.sleep(3)    # the console socket fills
+    try:
+        code = end_harness(harness, signal.SIGTERM, seconds=20)
+        assert code != -signal.SIGTERM
+        assert wait_until(lambda: not alive(qemu), 5), f"QEMU {qemu} outlived the harness"
+    finally:
+        kill_leftover(qemu)
+    assert not tempdir.exists()
+
+
 def test_sigkill_of_harness_kills_power_switch_qemu(tmp_path):
     """The U-Boot board: QEMU started by the power switch's server thread dies with the harness too."""
     harness, qemu, _ = start_sleeping_run(tmp_path, board="qemu-uboot")
@@ -149,7 +170,7 @@ def test_sigkill_of_matrix_ends_its_cells_and_their_qemu(tmp_path):
     def booting():
         nonlocal cell, qemu
         for pid in children(matrix.pid):
-            qemus = [q for q, cmd in children(pid).items() if "qemu-system" in cmd]
+            qemus = [q for q, cmd in children(pid).items() if "qemu-system" in cmd and "-serial" in cmd]
             if qemus:
                 cell, qemu = pid, qemus[0]
                 return True
