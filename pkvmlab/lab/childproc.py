@@ -103,6 +103,8 @@ def owner_alive(directory):
         pid = int(pid)
     except (OSError, ValueError):
         return None
+    if _start_time(os.getpid()) is None:    # no /proc here: nothing can be proven dead
+        return None
     return _start_time(pid) == started
 
 
