@@ -81,12 +81,14 @@ def die_with_parent(sig=signal.SIGKILL):
 
 
 def _start_time(pid):
-    """The start time of process ``pid`` in clock ticks since boot, or None when there is no such process."""
+    """The start time of process ``pid`` in clock ticks since boot, or None when there is no such process
+    or it is a zombie (dead, not yet reaped: where no init reaps orphans, as in some containers)."""
     try:
         with open(f"/proc/{pid}/stat") as file:
-            return file.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+            fields = file.read().rsplit(")", 1)[1].split()
+    except OSError:
         return None
+    return None if len(fields) < 20 or fields[0] in ("Z", "X") else fields[19]
 
 
 def mark_owned(directory):
