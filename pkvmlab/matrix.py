@@ -218,7 +218,8 @@ def run_matrix(args):
     health = None
     if getattr(args, "health_check", True):
         from .healthcheck import run_health_check
-        health = run_health_check(str(board.path), reports, matrix_id)
+        health = run_health_check(str(board.path), reports, matrix_id,
+                                  preexec_fn=die_with_parent(signal.SIGTERM))   # as a cell: see _run_cell
         note(f"matrix: health check of {board.name}: " + ("ok" if health["exit"] == 0 else
              f"FAILED (exit {health['exit']}): {health['message']}") + f" in {health['seconds']} s")
     combos = [(k, m, q, c) for k in kernels for m in modes for q in qemus for c in cpus]
