@@ -105,6 +105,9 @@ def classify(exc, console_text=None, qemu_exit=None):
     if isinstance(exc, AssertionError):
         panic = panic_line(console_text)
         return Outcome(BOARD, f"kernel panic: {panic}" if panic else (_one_line(exc) or "assertion failed"))
+    if type(exc).__module__.startswith(("requests", "urllib3")) and isinstance(exc, OSError):
+        # a PDU, serial server or coordinator that does not answer (requests raises OSErrors without errno)
+        return Outcome(INFRASTRUCTURE, f"{type(exc).__name__}: {_one_line(exc)}")
     if isinstance(exc, OSError) and exc.errno is not None:
         return Outcome(INFRASTRUCTURE, f"{type(exc).__name__}: {_one_line(exc)}")
     if type(exc).__name__ == "ExecutionError":   # a board command failed: the board's answer

@@ -89,12 +89,9 @@ def test_catalog_board_without_hardware_fails_naming_the_resource(name, tmp_path
     assert seconds < 30, f"{name}: took {seconds:.1f} s"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "FirmwareShellStrategy._off() (pkvmlab/lab/firmwarestrategy.py) calls power.off() outside its "
-    "power-failure handling, so a PDU that refuses the connection surfaces as requests' ConnectionError, "
-    "classified harness (exit 13), not infrastructure (11); fixing it is outside the catalog's files"))
 @pytest.mark.parametrize("name", CATALOG)
 def test_catalog_board_without_hardware_is_infrastructure(name, tmp_path):
     process, seconds = _run(name, tmp_path)
     assert process.returncode == 11, f"{name}: exit {process.returncode}"
+    assert "power off failed: " in process.stdout_text + process.stderr_text
     assert seconds < 10, f"{name}: took {seconds:.1f} s"

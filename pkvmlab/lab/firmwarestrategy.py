@@ -103,7 +103,10 @@ class FirmwareShellStrategy(Strategy):
         if self.switch is not None:
             self.target.activate(self.switch)
         self.target.activate(self.power)
-        self.power.off()
+        try:
+            self.power.off()
+        except Exception as error:  # noqa: BLE001 - a PDU that does not answer is the first cause, in one line
+            self._fail(f"power off failed: {error}", power_off=False, infrastructure=True)
 
     def _left(self):
         return max(1.0, self.boot_timeout - (time.monotonic() - self._started))
