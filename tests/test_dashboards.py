@@ -184,7 +184,7 @@ def test_a_known_finding_is_visibly_a_finding_and_does_not_fail(runs):
     assert "survived teardown" in result.message
     out = case.system_out
     assert "known finding: waived, not failing" in out and f"reference = {FINDING_REFERENCE}" in out
-    assert "private_data = guest_pattern" in out and "[[ATTACHMENT|console.log]]" in out
+    assert "evidence = " in out and "guest_pattern" in out and "[[ATTACHMENT|console.log]]" in out
     assert (path.parent / "console.log").is_file()
     other = next(c for c in suite if c.name == "test_teardown[protected]")   # leaks on 2 of 3 boots
     for result in other.result:
