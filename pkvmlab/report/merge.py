@@ -7,7 +7,9 @@ into one.  Here every input suite is copied whole (properties, times, cases),
 renamed ``board/kernel-release/mode`` from its ``pkvmlab.*`` properties so
 dashboards group it, and its testcase classnames are prefixed with that name
 because GitLab tells tests apart by classname + name only (two boards'
-``test_boot_el`` would otherwise count once).  A bad input is rejected with its
+``test_boot_el`` would otherwise count once); a suite written with ``pkvmlab.identity``
+(``report.identity``) already has board-qualified classnames and keeps them, so a check has the
+same (classname, name) in a single run, a matrix cell and every merge.  A bad input is rejected with its
 path and the reason; the others still merge.  The result is validated and
 written atomically, or not at all.
 """
