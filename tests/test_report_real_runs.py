@@ -203,7 +203,11 @@ def test_a_failing_check_carries_its_console_excerpt_and_the_log_path(runs, tmp_
     assert proc.returncode == 0, output(proc)
     SCHEMA.validate(str(out))
     (again,) = load_suites(out)
-    assert next(c for c in again.cases if c.name == "test_boot_el").system_out == case.system_out
+    merged_out = next(c for c in again.cases if c.name == "test_boot_el").system_out
+    assert pkvmlab_block(merged_out)[0] == console_part
+    # The attachment is re-based onto the merged file's directory, as the console_log property is.
+    (attached,) = re.findall(r"\[\[ATTACHMENT\|([^\]]+)\]\]", merged_out)
+    assert (out.parent / attached).resolve() == log.resolve()
     assert (out.parent / again.properties["test_boot_el.console_log"]).resolve() == log.resolve()
 
 
