@@ -31,6 +31,11 @@ _EXPECT_SCHEMA = {
     "emulator_artifacts": Field((dict,)),
     "el2_holder": Field((str,), choices=EL2_HOLDERS),
 }
+# expect.known_findings.<probe>/<vm>: the reason as text, or {reason, reference} (an issue, a document).
+_FINDING_SCHEMA = {
+    "reason": Field((str,), required=True),
+    "reference": Field((str,)),
+}
 _ARTIFACT_SCHEMA = {
     "qemu_below": Field((str,), required=True),
     "kvm_mode": Field((str,), choices=KVM_MODES),
@@ -104,9 +109,14 @@ class Expectations:
     # (measured under one QEMU version and not another), never counted as the board's.
     emulator_artifacts: tuple = ()
     el2_holder: str = None      # expected firmware hypervisor at EL2 ("none": no EL2); None: not checked
+    # "<probe>/<vm>" -> where the known finding is documented (the board file's entry when not given)
+    finding_references: tuple = ()
 
     def known_finding(self, probe, vm):
         return dict(self.known_findings).get(f"{probe}/{vm}")
+
+    def finding_reference(self, probe, vm):
+        return dict(self.finding_references).get(f"{probe}/{vm}")
 
     def emulator_artifact(self, probe, vm, qemu_version, kvm_mode):
         """The artifact that explains a failure of ``probe/vm`` on this emulator and KVM mode, or None."""
@@ -219,8 +229,10 @@ def load_board_file(path, root=None):
             where = f"{path}:{findings.line_of(key)}: expect.known_findings.{key}"
             if key not in valid:
                 problems.append(f"{where}: not a pvm check; valid: {', '.join(valid)}")
-            if not isinstance(why, str) or not why.strip():
-                problems.append(f"{where}: give the reason as text")
+            if isinstance(why, dict):
+                problems += check_fields(path, why, _FINDING_SCHEMA, prefix=f"expect.known_findings.{key}.")
+            elif not isinstance(why, str) or not why.strip():
+                problems.append(f"{where}: give the reason as text, or reason and reference")
     artifacts = _load_artifacts(path, expect, problems)
     emulator = data.get("emulator")
     if isinstance(emulator, dict):
@@ -242,10 +254,25 @@ def load_board_file(path, root=None):
         if isinstance(emulator, dict) else None,
         expect=Expectations(boot_el=expect["boot_el"], kvm_mode=expect["kvm_mode"],
                             pvm=expect["pvm"], avf=expect.get("avf", False),
-                            known_findings=tuple(sorted((expect.get("known_findings") or {}).items())),
+                            known_findings=tuple(sorted((k, _finding_reason(v)) for k, v in
+                                                        (expect.get("known_findings") or {}).items())),
+                            finding_references=tuple(sorted(
+                                (k, _finding_reference(path, k, v)) for k, v in
+                                (expect.get("known_findings") or {}).items())),
                             emulator_artifacts=tuple(sorted(artifacts.items())),
                             el2_holder=expect.get("el2_holder")),
     )
+
+
+def _finding_reason(entry):
+    return entry["reason"] if isinstance(entry, dict) else entry
+
+
+def _finding_reference(path, key, entry):
+    """Where a known finding is documented; without one, the board file entry that waives it."""
+    if isinstance(entry, dict) and entry.get("reference"):
+        return entry["reference"]
+    return f"{Path(path).name}: expect.known_findings.{key}"
 
 
 def _load_artifacts(path, expect, problems):

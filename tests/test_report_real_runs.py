@@ -185,21 +185,29 @@ def test_a_failing_check_carries_its_console_excerpt_and_the_log_path(runs, tmp_
     log = runs["reports"] / "wrong" / "console.log"
     assert f"full log: {log}]" in case.system_out
     console = log.read_text(errors="replace").replace("\r", "")
-    excerpt = [line.replace("#x1B", "\x1b") for line in case.system_out.splitlines()
+    from pkvmlab.report.cases import pkvmlab_block
+    console_part, block = pkvmlab_block(case.system_out)
+    assert "[[ATTACHMENT|console.log]]" in block     # the case's own pkvmlab block, after the excerpt
+    excerpt = [line.replace("#x1B", "\x1b") for line in console_part.splitlines()
                if line.strip() and line != "[...]" and not line.startswith(("[console:", "-----"))]
     assert len(excerpt) >= 10
     missing = [line for line in excerpt if line not in console]
     assert not missing, f"excerpt lines not in {log}: {missing[:5]}"
     assert suite.prop("console_log") == "console.log"
     assert (junit.parent / suite.properties["test_boot_el.console_log"]).resolve() == log.resolve()
-    assert all(c.system_out == "" or c.outcome != PASSED for c in suite.cases)
+    # Passing cases carry only their measured values (the pkvmlab block), no console excerpt.
+    assert all(pkvmlab_block(c.system_out)[0].strip() == "" for c in suite.cases if c.outcome == PASSED)
     # Merged elsewhere, the excerpt stays and the property still leads to the log.
     out = tmp_path / "elsewhere" / "junit.xml"
     proc = pkvmlab("report", "merge", "-o", str(out), str(junit))
     assert proc.returncode == 0, output(proc)
     SCHEMA.validate(str(out))
     (again,) = load_suites(out)
-    assert next(c for c in again.cases if c.name == "test_boot_el").system_out == case.system_out
+    merged_out = next(c for c in again.cases if c.name == "test_boot_el").system_out
+    assert pkvmlab_block(merged_out)[0] == console_part
+    # The attachment is re-based onto the merged file's directory, as the console_log property is.
+    (attached,) = re.findall(r"\[\[ATTACHMENT\|([^\]]+)\]\]", merged_out)
+    assert (out.parent / attached).resolve() == log.resolve()
     assert (out.parent / again.properties["test_boot_el.console_log"]).resolve() == log.resolve()
 
 

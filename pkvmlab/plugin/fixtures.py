@@ -153,12 +153,16 @@ def suite_property(request, pkvmlab_run):
 
 @pytest.fixture
 def measured(request, pkvmlab_run):
-    """measured(key, value): a value this test measured, as testsuite property ``<test>.<key>``.
+    """measured(key, value): a value this test measured, as testsuite property ``<test>.<key>`` and
+    as a ``key = value`` line in the test case's own ``system-out``.
 
-    Per-testcase <properties> are invalid in Jenkins' junit-10.xsd, hence suite level.
+    Per-testcase <properties> are invalid in Jenkins' junit-10.xsd, hence suite level; dashboards that
+    read no properties (GitLab, Allure) show the case's system-out beside the test.
     """
     add = _property_adder(request.config, pkvmlab_run)
+    values = pkvmlab_run.case_measured.setdefault(request.node.nodeid, {})
 
     def record(key, value):
         add(f"{request.node.name}.{key}", value)
+        values[key] = value
     return record

@@ -34,6 +34,9 @@ def pytest_addoption(parser):
     group.addoption("--reports", dest="pkvmlab_reports", metavar="DIR",
                     help="where run directories go (default: <repo>/reports)")
     group.addoption("--run-id", dest="pkvmlab_run_id", metavar="ID", help="name of the run directory")
+    group.addoption("--strict-findings", dest="pkvmlab_strict_findings", action="store_true",
+                    help="a board's known findings fail (JUnit type pkvmlab.finding.waived, exit 1) instead of "
+                         "being waived (also PKVMLAB_STRICT_FINDINGS=1)")
     group.addoption("--refresh-images", dest="pkvmlab_refresh_images", action="store_true",
                     help="resolve kernel and packages again instead of using the cached resolution")
 
@@ -244,6 +247,11 @@ def _classify(run, report, exc):
     if qemu_exit is None and hasattr(power, "exit_status") and isinstance(first_cause(exc), EOF):
         qemu_exit = power.exit_status(wait=1)    # the console closed: QEMU is exiting
     outcome = classify(exc, console_text=console, qemu_exit=qemu_exit)
+    finding = run.findings.get(report.nodeid)
+    if finding is not None and finding.strict and report.when == "call":
+        from ..outcome import BOARD, Outcome
+        from ..report.cases import STRICT_FINDING_TYPE
+        outcome = Outcome(BOARD, finding.message, junit_type=STRICT_FINDING_TYPE)
     report._pkvmlab_outcome = outcome
     run.outcomes[(report.nodeid, report.when)] = outcome
     crash = getattr(report.longrepr, "reprcrash", None)
@@ -334,6 +342,7 @@ def _report_not_written(session, run, err):
 
 def _finish_report(session, run):
     from ..outcome import exit_code
+    from ..report.cases import finish_cases
     from ..report.junit import apply_outcomes, name_interrupted_case, validate_junit
     if run.running is not None:
         # pytest writes the interrupted test as a <testcase> without names: give them back.
@@ -351,6 +360,11 @@ def _finish_report(session, run):
         marked = apply_outcomes(data, run.outcomes)
         if marked is not data:
             run.junit_partial.write_bytes(marked)
+    data = run.junit_partial.read_bytes()
+    run.junit_partial.write_bytes(finish_cases(
+        data, run.identity, measured=run.case_measured, findings=run.findings,
+        console_log=os.path.relpath(run.run_dir / "console.log", run.junit_final.parent) if run.has_console else None,
+        run_dir=run.junit_final.parent, roots=_portable_roots()))
     code = exit_code(o.kind for o in run.outcomes.values())
     if code is not None and session.exitstatus in (pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.OK,
                                                    pytest.ExitCode.INTERRUPTED):
@@ -381,6 +395,13 @@ def _finish_report(session, run):
         run.final_message += (f"\npkvmlab: infrastructure error: the run's record is incomplete: "
                               f"No space left on device ({what})")
         session.exitstatus = INFRASTRUCTURE.exit_code
+
+
+def _portable_roots():
+    """Where the absolute paths in properties usually lie, by the name a property value keeps."""
+    from ..boards import project_root
+    from ..images.cache import default_cache_dir
+    return (("PKVMLAB_CACHE", Path(default_cache_dir()).resolve()), ("PKVMLAB_ROOT", project_root().resolve()))
 
 
 @pytest.hookimpl(trylast=True)

@@ -140,6 +140,11 @@ class RunState:
         self.interrupted_by = None   # "SIGTERM", "SIGINT", "SIGHUP" once a signal ended the run
         self.journal_error = None    # the OSError that stopped results.jsonl (disk full), if any
         self.dry = False             # --help, --collect-only...: nothing is provisioned or written
+        self.kernel_suite_override = None   # --kernel-suite, when not the image set's own suite
+        self.qemu_override = None    # --qemu, when not the default (auto)
+        self.strict_findings = False   # --strict-findings / PKVMLAB_STRICT_FINDINGS=1: waived findings fail
+        self.findings = {}           # nodeid -> report.findings.Finding of each waived check
+        self.case_measured = {}      # nodeid -> {key: value} the test measured (its system-out)
 
     @classmethod
     def from_options(cls, option, dry=False):
@@ -163,6 +168,8 @@ class RunState:
         if option.pkvmlab_kvm_mode:
             board = with_kvm_mode(board, option.pkvmlab_kvm_mode)
         image_set = load_image_set(board.image_set) if board.image_set else None
+        default_suite = (image_set.kernel.debian.suite if image_set and image_set.kernel and image_set.kernel.debian
+                         else None)
         if option.pkvmlab_kernel_suite:
             if not (image_set and image_set.kernel):
                 raise ConfigError(board.path, [f"{board.path}: --kernel-suite needs an image set with a kernel"])
@@ -175,6 +182,7 @@ class RunState:
         if dry:
             state = cls(board, image_set, None, reports / "(none)", "(none)", option.pkvmlab_kernel_suite)
             state.reports_dir, state.dry = reports, True
+            state._set_overrides(option, default_suite)
             return state
         emulator = None
         if board.emulator is not None:
@@ -190,6 +198,7 @@ class RunState:
                                        chosen=bool(option.pkvmlab_run_id))
         state = cls(board, image_set, provisioned, run_dir, run_id, option.pkvmlab_kernel_suite, emulator)
         state.reports_dir = reports
+        state._set_overrides(option, default_suite)
         if provisioned:
             record = dict(provisioned.record)
             if emulator:
@@ -200,6 +209,23 @@ class RunState:
             except OSError as err:
                 raise InfrastructureError(f"{target} cannot be written: {err.strerror or err}") from None
         return state
+
+    def _set_overrides(self, option, default_suite):
+        suite = option.pkvmlab_kernel_suite
+        self.kernel_suite_override = suite if suite and suite != default_suite else None
+        qemu = option.pkvmlab_qemu
+        if qemu and qemu != "auto":
+            # A path names the emulator by what it is (its version label), not where it lies.
+            self.qemu_override = self.emulator.label if ("/" in qemu and self.emulator) else qemu
+        self.strict_findings = bool(getattr(option, "pkvmlab_strict_findings", False)) or \
+            os.environ.get("PKVMLAB_STRICT_FINDINGS", "") not in ("", "0")
+
+    @property
+    def identity(self):
+        """The classname prefix of every test of this run (``pkvmlab.report.identity``)."""
+        from ..report.identity import identity_prefix
+        return identity_prefix(self.board.name, self.board.kvm_arm_mode, cpu=self.cpu,
+                               kernel_suite=self.kernel_suite_override, qemu=self.qemu_override)
 
     def export_environment(self):
         """The variables the labgrid environment's !template values refer to."""
@@ -247,6 +273,7 @@ class RunState:
             "pkvmlab.soc": self.board.soc,
             "pkvmlab.board_kind": self.board.kind,
             "pkvmlab.kvm_arm_mode": self.board.kvm_arm_mode,
+            "pkvmlab.identity": self.identity,
             "pkvmlab.run_id": self.run_id,
             "pkvmlab.started": self.started,
         }
@@ -270,4 +297,6 @@ class RunState:
             props["pkvmlab.initramfs_sha256"] = record["initramfs"]["sha256"]
         if self.image_set:
             props["pkvmlab.image_set"] = self.image_set.name
+        if self.strict_findings:
+            props["pkvmlab.strict_findings"] = "yes"
         return props

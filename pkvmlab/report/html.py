@@ -289,7 +289,10 @@ def _flaky_table(flaky):
 
 
 def _console_lines(text):
-    """The console excerpt as lines, without pytest's section banners and terminal queries."""
+    """The console excerpt as lines, without pytest's section banners, terminal queries and the case's
+    pkvmlab block (measured values, finding, attachment: the page shows those from the properties)."""
+    from .cases import pkvmlab_block
+    text, _ = pkvmlab_block(text)
     text = re.sub(r"#x1B\[[0-9;?]*[A-Za-z]|\x1b\[[0-9;?]*[A-Za-z]", "", text.replace("\r", ""))
     return [line for line in text.strip("\n").splitlines() if not re.fullmatch(r"-{3,} .* -{3,}", line)]
 

@@ -25,10 +25,12 @@ JUNIT_ROOTS = ("testsuites", "testsuite")
 PREFIX = "pkvmlab."
 
 PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
-# pytest writes an xfail as <skipped type="pytest.xfail">; pkvmlab suites use it for a board's known
-# findings (measured, expected, not a pass), so reports keep it apart from a skip (check not applicable).
+# A waived check (a board's known finding, an emulator artifact: measured, expected, not a pass) is
+# <skipped type="pkvmlab.finding"> (pkvmlab.report.cases; pytest's own "pytest.xfail" in files written
+# before), so reports keep it apart from a skip (check not applicable).
 XFAILED = "xfailed"
-XFAIL_TYPE = "pytest.xfail"
+XFAIL_TYPE = "pkvmlab.finding"
+XFAIL_TYPES = (XFAIL_TYPE, "pytest.xfail")
 OUTCOMES = (PASSED, FAILED, ERROR, XFAILED, SKIPPED)
 
 
@@ -157,7 +159,7 @@ def apply_outcomes(data, outcomes):
             element = case.find(tag)
             if outcome is None or element is None:
                 continue
-            element.set("type", outcome.kind.junit_type)
+            element.set("type", outcome.type)
             element.set("message", outcome.message)
             changed = True
     if not changed:
@@ -190,6 +192,8 @@ class Case:
     def failure_class(self):
         """board, configuration, infrastructure, harness or interrupted; None for passes and skips
         and for files written before the classes (or not by pkvmlab)."""
+        if self.failure_type.startswith(PREFIX + "finding"):    # a waived finding failing in strict mode
+            return "board"
         if self.failure_type.startswith(PREFIX):
             return self.failure_type[len(PREFIX):]
         return None
@@ -225,6 +229,12 @@ class Suite:
         return self.properties.get(PREFIX + key, default)
 
     @property
+    def identity(self):
+        """The classname prefix of this suite's cases (``report.identity``), or "" in older files."""
+        from .identity import IDENTITY_PROPERTY
+        return self.properties.get(IDENTITY_PROPERTY, "")
+
+    @property
     def combination(self):
         """``board/kernel-release/mode`` (+ ``/qemu-<version>/<cpu model>`` on QEMU boards), how dashboards
         group suites; None without the properties."""
@@ -236,7 +246,13 @@ class Suite:
         return "/".join(parts)
 
     def plain_classname(self, classname):
-        """``classname`` without the ``<suite name>.`` prefix a merge adds (also after a rename to ``name@run``)."""
+        """``classname`` without the run's identity (``pkvmlab.identity``, ``report.identity``), or, in
+        files written before it, without the ``<suite name>.`` prefix a merge adds (also after a rename
+        to ``name@run``)."""
+        from .identity import IDENTITY_PROPERTY, plain_classname
+        plain = plain_classname(self.properties.get(IDENTITY_PROPERTY), classname)
+        if plain is not None:
+            return plain
         for name in dict.fromkeys((self.name, self.name.split("@")[0], self.combination)):
             if not name:
                 continue
@@ -303,7 +319,7 @@ def _case(case):
         if hit is not None:
             outcome, message, detail = label, hit.message or "", hit.text or ""
             kind = hit._elem.get("type") or ""
-            if label == SKIPPED and hit._elem.get("type") == XFAIL_TYPE:
+            if label == SKIPPED and hit._elem.get("type") in XFAIL_TYPES:
                 outcome = XFAILED
             break
     return Case(classname=case.classname or "", name=case.name or "", time=_float(case._elem.get("time")),

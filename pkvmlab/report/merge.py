@@ -7,18 +7,22 @@ into one.  Here every input suite is copied whole (properties, times, cases),
 renamed ``board/kernel-release/mode`` from its ``pkvmlab.*`` properties so
 dashboards group it, and its testcase classnames are prefixed with that name
 because GitLab tells tests apart by classname + name only (two boards'
-``test_boot_el`` would otherwise count once).  A bad input is rejected with its
+``test_boot_el`` would otherwise count once); a suite written with ``pkvmlab.identity``
+(``report.identity``) already has board-qualified classnames and keeps them, so a check has the
+same (classname, name) in a single run, a matrix cell and every merge.  A bad input is rejected with its
 path and the reason; the others still merge.  The result is validated and
 written atomically, or not at all.
 """
 
 import os
+import re
 from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from junitparser import JUnitXml
 
+from .identity import qualified_classname
 from .junit import (
     SCHEMA_PATH,
     JUnitReadError,
@@ -29,6 +33,7 @@ from .junit import (
 )
 
 XML_DECLARATION = b'<?xml version="1.0" encoding="utf-8"?>\n'
+ATTACHMENT = re.compile(r"\[\[ATTACHMENT\|([^\]]+)\]\]")
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,12 @@ def _add_suite(root, suite, source, output, used, notes):
         name = renamed
     suite.name = name
     for case in suite.iterchildren(suite.testcase):
+        if view.identity:
+            # Written with its identity (``report.identity``): the same check keeps the same
+            # (classname, name) in a single run, a matrix cell and any merge of them.
+            case.classname = qualified_classname(view.identity, case.classname or "")
+            _rebase_attachments(case, source, output)
+            continue
         # Without the prefix of an earlier merge (a matrix run's junit.xml is itself a merge).
         classname = view.plain_classname(case.classname or "")
         case.classname = f"{name}.{classname}" if classname else name
@@ -128,6 +139,20 @@ def _add_suite(root, suite, source, output, used, notes):
             prop.value = os.path.relpath(target, output.parent)
     root.append(suite)
     return name
+
+
+def _rebase_attachments(case, source, output):
+    """``[[ATTACHMENT|path]]`` lines of the case's system-out made relative to the merged file's directory."""
+    out = case._elem.find("system-out")
+    if out is None or not out.text or "[[ATTACHMENT|" not in out.text:
+        return
+
+    def rebase(match):
+        path = match.group(1)
+        if os.path.isabs(path):
+            return match.group(0)
+        return f"[[ATTACHMENT|{os.path.relpath(source.parent / path, output.parent)}]]"
+    out.text = ATTACHMENT.sub(rebase, out.text)
 
 
 def _set_totals(root):

@@ -12,16 +12,18 @@ import pytest
 
 from pkvmlab.facts.probe import VM_TYPES
 from pkvmlab.isolation import FAIL, SKIP, judge
+from pkvmlab.report.cases import Finding
 
 
 @pytest.fixture
-def check(board, pkvmlab_run, isolation_context, probe_run, measured):
+def check(request, board, pkvmlab_run, isolation_context, probe_run, measured):
     """check(probe, vm): judge one probe on one VM type; its measured values become properties.
 
     A failure the board file lists under ``expect.emulator_artifacts``, on an emulator
     and KVM mode where that artifact was measured, is the emulator's, not the board's:
     xfail "emulator artifact" with both outcomes.  A failure it lists under
-    ``expect.known_findings`` is xfail with its reason and the measured values.
+    ``expect.known_findings`` is a waived finding with its reason, reference and the measured
+    values (``pkvmlab.report.cases``); under ``--strict-findings`` it fails.
     """
     emulator = pkvmlab_run.emulator
     def judge_one(probe, vm):
@@ -35,17 +37,24 @@ def check(board, pkvmlab_run, isolation_context, probe_run, measured):
             artifact = board.expect.emulator_artifact(probe, vm, emulator.version, isolation_context.kvm_mode)
             if artifact is not None:
                 measured("emulator_artifact", artifact.scope)
-                pytest.xfail(f"emulator artifact, not the board's ({artifact.scope}; {artifact.reason}; "
-                             f"{artifact.reference}); measured on {emulator.version_line}, "
-                             f"{isolation_context.kvm_mode}: {verdict.message}")
+                finding = Finding("artifact", f"emulator artifact, not the board's ({artifact.scope}; "
+                                  f"{artifact.reason})", artifact.reference,
+                                  f"on {emulator.version_line}, {isolation_context.kvm_mode}: {verdict.message}")
+                pkvmlab_run.findings[request.node.nodeid] = finding
+                pytest.xfail(finding.message)
             known = board.expect.artifact_for(probe, vm)
             if known is not None:
                 verdict = type(verdict)(FAIL, f"{verdict.message} [not explained by the emulator: the known "
                                               f"artifact is {known.scope}, this run is {emulator.label}, "
                                               f"{isolation_context.kvm_mode}]")
         if verdict.status == FAIL and board.expect.known_finding(probe, vm):
-            pytest.xfail(f"known finding on {board.name} ({board.expect.known_finding(probe, vm)}); "
-                         f"measured: {verdict.message}")
+            finding = Finding("finding", f"known finding on {board.name}: {board.expect.known_finding(probe, vm)}",
+                              board.expect.finding_reference(probe, vm), verdict.message,
+                              strict=pkvmlab_run.strict_findings)
+            pkvmlab_run.findings[request.node.nodeid] = finding
+            if finding.strict:      # the plugin types it pkvmlab.finding.waived, class board
+                pytest.fail(f"{finding.message}; measured: {verdict.message}", pytrace=False)
+            pytest.xfail(finding.message)
         assert verdict.status != FAIL, verdict.message
         return result
     return judge_one

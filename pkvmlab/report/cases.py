@@ -1,0 +1,140 @@
+"""What a dashboard shows of each test case: its identity, its finding, its values, its log.
+
+pytest's JUnit file is finished here (``pkvmlab.plugin.hooks._finish_report``, after
+``junit.apply_outcomes``) so that every consumer (GitLab, Allure, junit2html, xunit-viewer,
+Jenkins) reads it right, since they read only ``classname``, ``name``, the result element's
+``type`` and ``message`` and the case's ``system-out``:
+
+* classnames carry the run's identity (``pkvmlab.report.identity``);
+* a waived check (a board's known finding, an emulator artifact) is
+  ``<skipped type="pkvmlab.finding" message="FINDING (waived): ...">`` (``EMULATOR ARTIFACT
+  (waived): ...`` for an artifact) with the evidence in its ``system-out``; in strict mode a known
+  finding is a ``<failure type="pkvmlab.finding.waived" message="waived finding: <reason>
+  (<reference>)">`` instead (written by the suite, typed by the plugin);
+* each case's measured values are ``key = value`` lines in its ``system-out`` (per-testcase
+  ``<properties>`` are invalid in junit-10.xsd);
+* failing cases and findings name the console log as ``[[ATTACHMENT|console.log]]`` (relative to the
+  JUnit file: Jenkins' and GitLab's attachment syntax);
+* no property value is an absolute host path.
+"""
+
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+FINDING_TYPE = "pkvmlab.finding"                 # <skipped>: a waived failing check, non-failing
+STRICT_FINDING_TYPE = "pkvmlab.finding.waived"   # <failure>: the same, under --strict-findings
+PYTEST_XFAIL_TYPE = "pytest.xfail"
+FINDING_PREFIX = "FINDING (waived): "
+ARTIFACT_PREFIX = "EMULATOR ARTIFACT (waived): "
+STRICT_PREFIX = "waived finding: "
+# The case's pkvmlab block in system-out starts with this banner (after pytest's own sections).
+BANNER = "----- pkvmlab -----"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A check the board file waives, as it was met in one test."""
+
+    kind: str          # "finding" (expect.known_findings) or "artifact" (expect.emulator_artifacts)
+    reason: str
+    reference: str
+    evidence: str      # what was measured (the verdict's message)
+    strict: bool = False
+
+    @property
+    def message(self):
+        """The JUnit message: what every viewer shows first."""
+        if self.kind == "artifact":
+            return f"{ARTIFACT_PREFIX}{self.reason} ({self.reference}); measured: {self.evidence}"
+        if self.strict:
+            return f"{STRICT_PREFIX}{self.reason} ({self.reference})"
+        return f"{FINDING_PREFIX}{self.reason} ({self.reference}); measured: {self.evidence}"
+
+    def lines(self):
+        state = "fails (strict mode)" if self.strict else "waived, not failing"
+        what = "emulator artifact" if self.kind == "artifact" else "known finding"
+        return [f"{what}: {state}", f"reason = {self.reason}", f"reference = {self.reference}",
+                f"evidence = {self.evidence}"]
+
+
+def case_address(nodeid):
+    """(classname, name) pytest's junitxml writes for ``nodeid``."""
+    from _pytest.junitxml import mangle_test_address
+    names = mangle_test_address(nodeid)
+    return ".".join(names[:-1]), names[-1]
+
+
+def portable_path(value, run_dir, roots=()):
+    """``value`` without the host's absolute path: relative to the run directory when inside it, else
+    ``$NAME/rest`` for one of ``roots`` ((name, path) pairs), else the file name only."""
+    if not isinstance(value, str) or not value.startswith("/"):
+        return value
+    path = Path(value)
+    for name, root in (("", run_dir), *roots):
+        try:
+            rest = path.relative_to(root)
+        except ValueError:
+            continue
+        return os.path.join(f"${name}", rest.as_posix()) if name else (rest.as_posix() or ".")
+    return path.name
+
+
+def finish_cases(data, identity, measured=None, findings=None, console_log=None, run_dir=None, roots=()):
+    """pytest's JUnit ``data`` (bytes) as dashboards should read it; see the module docstring.
+
+    ``measured`` and ``findings`` map node ids to ``{key: value}`` and to ``Finding``;
+    ``console_log`` is the log's path relative to the JUnit file (None: the board has none).
+    """
+    by_address = {}
+    for nodeid, values in (measured or {}).items():
+        by_address.setdefault(case_address(nodeid), {})["measured"] = values
+    for nodeid, finding in (findings or {}).items():
+        by_address.setdefault(case_address(nodeid), {})["finding"] = finding
+    root = ET.fromstring(data)
+    for case in root.iter("testcase"):
+        info = by_address.get((case.get("classname") or "", case.get("name") or ""), {})
+        finding = info.get("finding")
+        lines = []
+        skipped = case.find("skipped")
+        if skipped is not None and skipped.get("type") == PYTEST_XFAIL_TYPE:
+            skipped.set("type", FINDING_TYPE)
+            message = finding.message if finding is not None else skipped.get("message", "")
+            if not message.startswith((FINDING_PREFIX, ARTIFACT_PREFIX)):
+                message = FINDING_PREFIX + message.removeprefix("reason: ")
+            skipped.set("message", message)
+        if finding is not None:
+            lines += finding.lines()
+        for key, value in (info.get("measured") or {}).items():
+            lines.append(f"{key} = {_one_line(value)}")
+        failing = case.find("failure") is not None or case.find("error") is not None
+        if console_log and (failing or finding is not None):
+            lines.append(f"[[ATTACHMENT|{console_log}]]")
+        if lines:
+            out = case.find("system-out")
+            if out is None:
+                out = ET.SubElement(case, "system-out")
+                out.text = ""
+            text = out.text or ""
+            out.text = text + ("\n" if text and not text.endswith("\n") else "") + "\n".join([BANNER, *lines]) + "\n"
+        case.set("classname", _qualified(identity, case.get("classname") or ""))
+    if run_dir is not None:
+        for prop in root.iter("property"):
+            prop.set("value", portable_path(prop.get("value"), Path(run_dir), roots))
+    return b'<?xml version="1.0" encoding="utf-8"?>' + ET.tostring(root, encoding="utf-8")
+
+
+def _qualified(identity, classname):
+    from .identity import qualified_classname
+    return qualified_classname(identity, classname)
+
+
+def _one_line(value):
+    return " ".join(str(value).split())
+
+
+def pkvmlab_block(system_out):
+    """(console part, pkvmlab block lines) of a case's system-out."""
+    head, sep, tail = (system_out or "").partition(BANNER)
+    return head, [line for line in tail.splitlines() if line.strip()] if sep else []
