@@ -42,15 +42,8 @@ def cmd_boards(args):
 
 
 def cmd_images_fetch(args):
-    from .images.manifest import load_image_set
     from .images.provision import provision
-    set_name = args.set
-    if not set_name:
-        board = load_board(args.board)
-        if not board.image_set:
-            raise ConfigError(board.path, [f"{board.path}: board {board.name} names no image_set"])
-        set_name = board.image_set
-    image_set = load_image_set(set_name)
+    _, image_set = _set_of(args)
     if args.kernel_suite:
         image_set = image_set.with_kernel_suite(args.kernel_suite)
     started = time.monotonic()

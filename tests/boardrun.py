@@ -59,18 +59,24 @@ def kill_qemu_children(pid):
         os.kill(child, signal.SIGKILL)
 
 
-def qemu_children(pid):
-    """PIDs of the qemu-system-aarch64 processes whose parent is ``pid``."""
-    found = []
-    for child in Path("/proc").glob("[0-9]*"):
+def children(pid):
+    """{pid: cmdline} of the live (not zombie) children of ``pid``, read from /proc."""
+    found = {}
+    for entry in Path("/proc").glob("[0-9]*"):
         try:
-            stat = (child / "stat").read_text()
-            cmdline = (child / "cmdline").read_bytes()
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(stat.split(")")[1].split()[1]) == pid and b"qemu-system-aarch64" in cmdline:
-            found.append(int(child.name))
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == pid and state != "Z":
+            found[int(entry.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace")
     return found
+
+
+def qemu_children(pid):
+    """PIDs of the qemu-system-aarch64 processes whose parent is ``pid``."""
+    return [child for child, cmdline in children(pid).items() if "qemu-system-aarch64" in cmdline]
 
 
 def start_run(tmp_path, suite, *extra, board="qemu-virt", run_id="run"):

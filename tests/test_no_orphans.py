@@ -18,26 +18,12 @@ import time
 from pathlib import Path
 
 import pytest
+from boardrun import children
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.qemu
 
 SLOW_SUITE = "def test_sleeps(booted):\n    booted.run('sleep 60', timeout=90)\n"
-
-
-def children(pid):
-    """{pid: cmdline} of the live (not zombie) children of ``pid``, read from /proc."""
-    found = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-        if int(ppid) == pid and state != "Z":
-            found[int(entry.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace")
-    return found
 
 
 def alive(pid):
