@@ -37,14 +37,27 @@ class _TolerantLoader(yaml.SafeLoader):
 _TolerantLoader.add_constructor(None, lambda loader, node: None)
 
 
-def board_named_by_env(env_path):
-    """``options.pkvmlab_board`` of a labgrid environment file, or None."""
+def _env_option(env_path, name):
     try:
         data = yaml.load(Path(env_path).read_text(), Loader=_TolerantLoader)  # noqa: S506
     except (OSError, yaml.YAMLError):
         return None   # labgrid reports a broken environment file itself
     options = (data or {}).get("options") or {}
-    return options.get("pkvmlab_board") if isinstance(options, dict) else None
+    return options.get(name) if isinstance(options, dict) else None
+
+
+def board_named_by_env(env_path):
+    """``options.pkvmlab_board`` of a labgrid environment file, or None."""
+    return _env_option(env_path, "pkvmlab_board")
+
+
+def image_set_named_by_env(env_path):
+    """``options.pkvmlab_image_set`` of a labgrid environment file, or None.
+
+    An environment that is itself a test fixture (envs/pixel-sim.yaml: the Pixel simulator) names the
+    image set made for it, so the shipped board files need not name images no real device may get.
+    """
+    return _env_option(env_path, "pkvmlab_image_set")
 
 
 def with_kvm_mode(board, mode):
@@ -167,7 +180,8 @@ class RunState:
             board = with_cpu(board, option.pkvmlab_cpu)
         if option.pkvmlab_kvm_mode:
             board = with_kvm_mode(board, option.pkvmlab_kvm_mode)
-        image_set = load_image_set(board.image_set) if board.image_set else None
+        set_name = board.image_set or image_set_named_by_env(lg_env or board.env)
+        image_set = load_image_set(set_name) if set_name else None
         default_suite = (image_set.kernel.debian.suite if image_set and image_set.kernel and image_set.kernel.debian
                          else None)
         if option.pkvmlab_kernel_suite:

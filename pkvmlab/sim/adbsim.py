@@ -168,7 +168,10 @@ def adb_root(devdir, root):
             state["adb_root"] = False
             print("restarting adbd as non root")
             return 0
-        if state["build_type"] == "user":
+        # adbd keeps root only where ro.debuggable=1, i.e. userdebug and eng builds; a user build answers
+        # this line (AOSP packages/modules/adb daemon/restart_service.cpp restart_root_service(), which
+        # checks ro.debuggable through __android_log_is_debuggable(); daemon/main.cpp should_drop_privileges()).
+        if state["build_type"] not in ("userdebug", "eng"):
             raise SimExit(1, "adbd cannot run as root in production builds")
         if state["adb_root"]:
             print("adbd is already running as root")
@@ -182,7 +185,9 @@ def adb_reboot(devdir, args):
     with locked(devdir) as state:
         target = args[0] if args else ""
         if target in ("bootloader", "fastboot"):
-            state["mode"] = "bootloader"
+            # 'adb reboot fastboot' enters fastbootd, Android's userspace fastboot (source.android.com
+            # docs/core/architecture/bootloader/fastbootd); 'bootloader' the bootloader's own.
+            state["mode"] = "bootloader" if target == "bootloader" else "fastbootd"
             state["adb_root"] = False
         elif target == "":
             boot_android(state, "slot")

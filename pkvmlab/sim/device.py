@@ -34,7 +34,16 @@ MODELS = {
                 "stock_release": "6.1.112-android14-11-pkvmsim-stock", "midr": "0x410fd801"},
 }
 AB_PARTITIONS = ("boot", "init_boot", "vendor_boot", "vendor_kernel_boot", "dtbo", "vbmeta", "vbmeta_system",
-                 "pvmfw", "system", "system_dlkm", "vendor", "vendor_dlkm")
+                 "vbmeta_vendor", "pvmfw", "system", "system_ext", "product", "system_dlkm", "vendor", "vendor_dlkm",
+                 "odm", "odm_dlkm")
+# Logical (dynamic) partitions live inside 'super' and only fastbootd, Android's userspace fastboot, can
+# write them; the bootloader knows only physical partitions ("Fastboot in userspace",
+# https://source.android.com/docs/core/architecture/bootloader/fastbootd).  Pixel 6+ builds put system,
+# system_ext, product, vendor, odm and the *_dlkm module partitions there; the Pixel kernel flash writes
+# vendor_dlkm and system_dlkm after 'fastboot reboot fastboot' (AOSP kernel/tests tools/flash_device.sh,
+# VENDOR_KERNEL_IMGS_PIXEL_BRANCH and FLASH_LOGICAL_PARTITION_FIRST; android.googlesource.com/kernel/tests).
+LOGICAL_PARTITIONS = ("system", "system_ext", "product", "vendor", "odm", "system_dlkm", "vendor_dlkm", "odm_dlkm")
+FASTBOOT_MODES = ("bootloader", "fastbootd")   # both answer 'fastboot devices' with the same serial
 PLAIN_PARTITIONS = ("misc", "metadata", "userdata")
 STOCK_CMDLINE = "console=ttynull stack_depot_disable=on cgroup_disable=pressure kasan=off kvm-arm.mode=protected"
 MICRODROID_STOCK_RELEASE = "6.1.90-microdroid-pkvmsim-stock"
@@ -86,7 +95,7 @@ def new_state(serial, model="pixel-8", android=15, **overrides):
         "android_version": android,
         "build_type": "userdebug",
         "attached": True,
-        "mode": "android",                 # android | bootloader
+        "mode": "android",                 # android | bootloader | fastbootd
         "unlocked": True,
         "pkvm_enabled": True,              # fastboot oem pkvm enable|disable
         "pvmfw_loaded": True,              # the bootloader loaded pvmfw for protected VMs
@@ -160,10 +169,11 @@ def locked(devdir):
 
 def visible(mode):
     """Devices attached and in ``mode`` (android for adb, bootloader for fastboot): [(dir, state)]."""
+    modes = FASTBOOT_MODES if mode == "bootloader" else (mode,)
     found = []
     for devdir in device_dirs():
         state = load_state(devdir)
-        if state.get("attached", True) and state.get("mode") == mode:
+        if state.get("attached", True) and state.get("mode") in modes:
             found.append((devdir, state))
     return found
 

@@ -16,6 +16,7 @@ from . import images as simimages
 from .device import (
     AB_PARTITIONS,
     ENV_WAIT,
+    LOGICAL_PARTITIONS,
     MODELS,
     PLAIN_PARTITIONS,
     SimExit,
@@ -100,8 +101,18 @@ def _step(label, result, seconds=0.001):
     _err(f"{label:50} {result}" + (f" [{seconds:7.3f}s]" if result == "OKAY" else ""))
 
 
+def _base(name):
+    return name[:-2] if name.endswith(("_a", "_b")) else name
+
+
 def _partition_name(state, name):
-    base = name[:-2] if name.endswith(("_a", "_b")) else name
+    """The slotted partition ``name`` writes in the device's current mode, or None when it has none.
+
+    The bootloader sees no logical partition (they are inside 'super'); fastbootd sees both kinds.
+    """
+    base = _base(name)
+    if base in LOGICAL_PARTITIONS and state["mode"] != "fastbootd":
+        return None
     if base in AB_PARTITIONS:
         return name if name != base else f"{base}_{state['current_slot']}"
     if base in PLAIN_PARTITIONS:
@@ -122,7 +133,7 @@ def fastboot_getvar(devdir, args):
         "slot-count": "2",
         "product": info["device"],
         "serialno": state["serial"],
-        "is-userspace": "no",
+        "is-userspace": "yes" if state["mode"] == "fastbootd" else "no",
         "version-bootloader": f"{info['device']}-pkvmsim-1.0",
         "max-download-size": "0x10000000",
         "off-mode-charge": "1",
@@ -131,6 +142,8 @@ def fastboot_getvar(devdir, args):
         values[var] = "yes" if var.split(":", 1)[1] in AB_PARTITIONS else "no"
     if var.startswith("partition-type:") and _partition_name(state, var.split(":", 1)[1]):
         values[var] = "raw"
+    if var.startswith("is-logical:") and state["mode"] == "fastbootd":
+        values[var] = "yes" if _base(var.split(":", 1)[1]) in LOGICAL_PARTITIONS else "no"
     if var not in values:
         _err(f"getvar:{var} FAILED (remote: 'GetVar Variable Not found')")
         _err("Finished. Total time: 0.001s")
@@ -160,6 +173,9 @@ def fastboot_flash(devdir, args):
         writing = f"Writing '{partition or requested}'"
         if partition is None:
             _step(writing, f"FAILED (remote: 'Partition {requested} not found')")
+            if _base(requested) in LOGICAL_PARTITIONS:
+                _err(f"pkvmlab-sim: {requested} is a logical partition: only fastbootd ('fastboot reboot fastboot') "
+                     "can write it")
             raise SimExit(1, "fastboot: error: Command failed")
         if not state["unlocked"]:
             _step(writing, "FAILED (remote: 'Flashing is not allowed in Lock State')")
@@ -185,6 +201,9 @@ def fastboot_boot(devdir, args):
     data = path.read_bytes()
     with locked(devdir) as state:
         _step(f"Sending '{path.name}' ({max(1, len(data) // 1024)} KB)", "OKAY")
+        if state["mode"] == "fastbootd":
+            _step("Booting", "FAILED (remote: 'Unrecognized command boot')")   # fastbootd has no 'boot'
+            raise SimExit(1, "fastboot: error: Command failed")
         if not data.startswith(simimages.BOOT_MAGIC):
             _step("Booting", "FAILED (remote: 'invalid boot image')")
             raise SimExit(1, "fastboot: error: Command failed")
@@ -203,12 +222,15 @@ def fastboot_reboot(devdir, args):
     with locked(devdir) as state:
         if args and args[0] == "bootloader":
             state["mode"] = "bootloader"
+        elif args and args[0] == "fastboot":
+            state["mode"] = "fastbootd"      # the same serial, now Android's userspace fastboot
+            state["fastbootd_entries"] = state.get("fastbootd_entries", 0) + 1
         elif args:
             raise SimExit(1, f"pkvmlab-sim: fastboot reboot {args[0]} is not simulated")
         else:
             boot_android(state, "slot")
             sync_root(devdir, state)
-    _err("Rebooting" + (" into bootloader" if args else "") + "                                         OKAY")
+    _err("Rebooting" + (f" into {args[0]}" if args else "") + "                                         OKAY")
     _err("Finished. Total time: 0.050s")
     return 0
 

@@ -19,6 +19,10 @@ VENDOR_BOOT_MAGIC = b"VNDRBOOT"
 DTBO_MAGIC = struct.pack(">I", 0xD7B7AB1E)
 ZIP_MAGIC = b"PK\x03\x04"
 SIM_KERNEL_MARK = b"PKVMLAB-SIM-KERNEL\n"
+# In every fixture image, near its start: AndroidStrategy refuses to send an image carrying it to a device
+# reached with real tools (pkvmlab/lab/androidstrategy.py SIM_FIXTURE_MARK).
+FIXTURE_MARK = b"pkvmlab simulator fixture"
+EROFS_MAGIC = struct.pack("<I", 0xE0F5E1E2)     # at offset 1024 (linux fs/erofs/erofs_fs.h EROFS_SUPER_MAGIC_V1)
 PAGE = 4096
 
 
@@ -27,7 +31,7 @@ def _pad(data, size=PAGE):
 
 
 def sim_kernel_payload(release, kvm_mode="protected-nvhe", cmdline=""):
-    lines = [f"release={release}", f"kvm={kvm_mode}", f"cmdline={cmdline}"]
+    lines = [f"release={release}", f"kvm={kvm_mode}", f"cmdline={cmdline}", f"note={FIXTURE_MARK.decode()}"]
     return SIM_KERNEL_MARK + ("\n".join(lines) + "\n").encode()
 
 
@@ -53,6 +57,12 @@ def dtbo_image():
     return _pad(header + b"pkvmlab simulator fixture: dtbo")
 
 
+def dlkm_image(name):
+    """A module partition (vendor_dlkm, system_dlkm) as an EROFS file system would start: superblock magic at 1024."""
+    return _pad(FIXTURE_MARK + f": {name}".encode() + b"\0" * (1024 - len(FIXTURE_MARK) - len(name) - 2)
+                + EROFS_MAGIC)
+
+
 def apex(name="com.android.virt", version=1, microdroid_release="6.1.99-microdroid-pkvmlab-sim"):
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
@@ -60,7 +70,7 @@ def apex(name="com.android.virt", version=1, microdroid_release="6.1.99-microdro
         for member, content in (
                 ("apex_manifest.json", {"name": name, "version": version}),
                 ("pkvmlab-sim.json",
-                 {"fixture": "pkvmlab simulator", "microdroid_kernel_release": microdroid_release})):
+                 {"fixture": FIXTURE_MARK.decode(), "microdroid_kernel_release": microdroid_release})):
             archive.writestr(zipfile.ZipInfo(member, date_time=(2024, 1, 1, 0, 0, 0)), json.dumps(content))
     return buffer.getvalue()
 
@@ -90,11 +100,14 @@ def pixel_image_set(release="6.1.99-android14-11-pkvmlab-sim", kvm_mode="protect
         "boot.img": sim_boot_image(release, kvm_mode),
         "vendor_kernel_boot.img": vendor_boot_image("vendor_kernel_boot"),
         "dtbo.img": dtbo_image(),
+        "vendor_dlkm.img": dlkm_image("vendor_dlkm"),
+        "system_dlkm.img": dlkm_image("system_dlkm"),
         "com.android.virt.apex": apex(),
     }
 
 
 IMAGE_SET_KEYS = {"boot.img": "boot", "vendor_kernel_boot.img": "vendor_kernel_boot", "dtbo.img": "dtbo",
+                  "vendor_dlkm.img": "vendor_dlkm", "system_dlkm.img": "system_dlkm",
                   "com.android.virt.apex": "com.android.virt"}
 
 

@@ -49,8 +49,16 @@ import json
 import sys
 from pathlib import Path
 
-from .adbsim import adb_main  # noqa: F401
-from .device import (  # noqa: F401
+if __package__ in (None, ""):
+    # Run as a script (``python3 pkvmlab/sim/pixel.py sim init``, as docs/pixel.md says): import the package
+    # from the checkout this file is in, then hand over to the module so the relative imports below work.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    import runpy
+    runpy.run_module("pkvmlab.sim.pixel", run_name="__main__", alter_sys=True)
+    sys.exit(0)   # not reached: the module's __main__ block exits
+
+from .adbsim import adb_main  # noqa: F401, E402
+from .device import (  # noqa: F401, E402
     DEFAULT_SERIAL,
     ENV_DIR,
     ENV_TIME_SCALE,
@@ -64,8 +72,8 @@ from .device import (  # noqa: F401
     save_state,
     sim_dir,
 )
-from .fastbootsim import fastboot_main  # noqa: F401
-from .programs import ELPROBE_RECORDING, tool_main  # noqa: F401
+from .fastbootsim import fastboot_main  # noqa: F401, E402
+from .programs import ELPROBE_RECORDING, tool_main  # noqa: F401, E402
 
 # ---------------------------------------------------------------------------------------------- admin
 
