@@ -165,7 +165,10 @@ def test_pixel8_end_to_end_one_off_boot(tmp_path, simdir):
     assert [step["result"] for step in flash["steps"]] == ["booted once", "installed", "booted once"]
 
 
-def test_flash_mode_writes_only_named_partitions_to_the_active_slot(tmp_path, simdir):
+def test_full_pixel_kernel_flash_bootloader_then_fastbootd(tmp_path, simdir):
+    """mode: flash is the Pixel kernel flash: boot, dtbo, vendor_kernel_boot from the bootloader, then
+    'fastboot reboot fastboot' and vendor_dlkm, system_dlkm from fastbootd; every command names the serial,
+    every partition's sha256 is in flash.json and is what the phone holds."""
     phone = sim.create_device(SERIAL, "pixel-8", current_slot="b")
     env = env_file(tmp_path, {"mode: boot ": "mode: flash"})
 
@@ -175,15 +178,22 @@ def test_flash_mode_writes_only_named_partitions_to_the_active_slot(tmp_path, si
     _, props, cases = junit(run_dir)
     assert [outcome(case)[0] for case in cases.values()] == ["passed"]
     assert props["pkvmlab.kernel_release"] == SIM_RELEASE
+    expected = {f"{key}_b": sha256(IMAGES / f"{key}.img")
+                for key in ("boot", "dtbo", "vendor_kernel_boot", "vendor_dlkm", "system_dlkm")}
     state = sim.load_state(phone)
-    assert {part: rec["sha256"] for part, rec in state["written"].items()} == {
-        "boot_b": sha256(IMAGES / "boot.img"),
-        "vendor_kernel_boot_b": sha256(IMAGES / "vendor_kernel_boot.img"),
-        "dtbo_b": sha256(IMAGES / "dtbo.img")}
-    assert state["kernel"]["source"] == "boot_b"
-    flashes = [line.split(f"-s {SERIAL} ", 1)[1].split()[:2] for line in audit_lines(run_dir) if " flash " in line]
-    assert flashes == [["flash", "boot_b"], ["flash", "vendor_kernel_boot_b"], ["flash", "dtbo_b"]]
-    assert f"fastboot -s {SERIAL} reboot" in "\n".join(audit_lines(run_dir))
+    assert {part: rec["sha256"] for part, rec in state["written"].items()} == expected
+    assert state["kernel"]["source"] == "boot_b" and state["fastbootd_entries"] == 1
+    lines = audit_lines(run_dir)
+    assert_every_command_names(lines, SERIAL)
+    device_steps = [line.split(f"-s {SERIAL} ", 1)[1].split()[:2] for line in lines
+                    if re.search(r" (flash|reboot)( |$)", line) and "/fastboot " in line]
+    assert device_steps == [["flash", "boot_b"], ["flash", "dtbo_b"], ["flash", "vendor_kernel_boot_b"],
+                            ["reboot", "fastboot"], ["flash", "vendor_dlkm_b"], ["flash", "system_dlkm_b"],
+                            ["reboot"]], device_steps
+    steps = json.loads((run_dir / "flash.json").read_text())["steps"]
+    written = {step["partition"]: step["sha256"] for step in steps if step["result"] == "written"}
+    assert written == expected
+    assert [step["partition"] for step in steps if step["result"] == "written"] == list(expected)
 
 
 def test_locked_bootloader_is_refused_and_nothing_written(tmp_path, simdir):
@@ -220,7 +230,7 @@ def test_wrong_sha256_in_the_manifest_stops_the_run_before_any_device_command(tm
     before = sim.load_state(phone)
     images = tmp_path / "images"
     shutil.copytree(IMAGES, images)
-    manifest = (ROOT / "images" / "pixel-8-pkvm.yaml").read_text().replace("path: pixel-sim/", f"path: {images}/")
+    manifest = (ROOT / "images" / "pixel-sim.yaml").read_text().replace("path: pixel-sim/", f"path: {images}/")
     manifest = manifest.replace("elprobe: elprobe", f"elprobe: {ROOT / 'images' / 'elprobe'}")
     wrong = sha256(IMAGES / "dtbo.img")
     bogus = "ab" * 32
@@ -228,7 +238,7 @@ def test_wrong_sha256_in_the_manifest_stops_the_run_before_any_device_command(tm
     (tmp_path / "set.yaml").write_text(manifest)
     board = tmp_path / "pixel-8.yaml"
     board.write_text((ROOT / "boards" / "pixel-8.yaml").read_text()
-                     .replace("image_set: pixel-8-pkvm", f"image_set: {tmp_path / 'set.yaml'}"))
+                     .replace("boot_timeout:", f"image_set: {tmp_path / 'set.yaml'}\nboot_timeout:"))
 
     proc, run_dir = run(tmp_path, None, board=board)
 
@@ -272,16 +282,16 @@ def test_device_dropping_off_usb_mid_flash(tmp_path, simdir):
 
     assert proc.returncode == 11   # infrastructure: the device went away
     _, _, cases = junit(run_dir)
-    assert_all_errored_with(cases, f"{SERIAL} dropped off USB during flash vendor_kernel_boot_a")
+    assert_all_errored_with(cases, f"{SERIAL} dropped off USB during flash dtbo_a")
     assert_all_errored_with(cases, "written before the failure: boot_a")
     state = sim.load_state(phone)
     assert list(state["written"]) == ["boot_a"] and state["attached"] is False
     lines = audit_lines(run_dir)
     assert_every_command_names(lines, SERIAL)
-    assert re.search(rf"exit=1 .*/fastboot -s {SERIAL} flash vendor_kernel_boot_a ", lines[-1]), lines[-1]
+    assert re.search(rf"exit=1 .*/fastboot -s {SERIAL} flash dtbo_a ", lines[-1]), lines[-1]
     steps = json.loads((run_dir / "flash.json").read_text())["steps"]
     assert [(s["partition"], s["result"]) for s in steps] == [("boot_a", "written"),
-                                                             ("vendor_kernel_boot_a", "failed")]
+                                                             ("dtbo_a", "failed")]
 
 
 def test_two_devices_answering_to_the_serial_are_refused(tmp_path, simdir):
