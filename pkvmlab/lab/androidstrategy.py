@@ -242,11 +242,11 @@ class AndroidStrategy(Strategy):
         if fixtures and real:
             where = getattr(self.target.env, "config_file", None) if self.target.env else None
             raise ConfigError(where or str(directory), [
-                f"{directory}: image set holds Pixel simulator fixtures ({', '.join(fixtures)}; images/pixel-sim/) "
-                f"but the device is reached with real tools ({', '.join(real)}), not the simulator: refusing to send "
-                "anything to it. Point the board's image_set at your own build (copy images/pixel-8-pkvm.yaml, set "
-                "each files.<partition>.path and sha256; docs/pixel.md, 'A real phone'), or use "
-                "envs/pixel-sim.yaml"])
+                f"{where or 'the labgrid environment'}: refusing to send Pixel simulator fixtures "
+                f"({', '.join(fixtures)}; images/pixel-sim/, provisioned in {directory}) to a device reached with "
+                f"real tools ({', '.join(real)}); nothing was sent to it. Point the board's image_set at your own "
+                "build (an images/<name>.yaml whose files.<partition>.path and sha256 are your build's; "
+                "docs/pixel.md, 'Point the board at your build'), or run with --env envs/pixel-sim.yaml"])
         if self.mode == "flash" and not partitions:
             self.logger.info("mode flash: the image set names no partition; nothing is written")
         self._plan = (partitions, apex)
