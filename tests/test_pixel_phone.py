@@ -106,7 +106,8 @@ def test_flash_mode_without_an_image_set_says_how_to_name_one(tmp_path, simdir):
 def test_pixel_with_nothing_to_flash_is_not_rebooted(tmp_path, simdir, board):
     phone = sim.create_device(SERIAL, board)
     before = sim.load_state(phone)
-    env = env_file(tmp_path, {"  pkvmlab_image_set: pixel-sim\n": "", "pkvmlab_board: pixel-8": f"pkvmlab_board: {board}"})
+    env = env_file(tmp_path, {"  pkvmlab_image_set: pixel-sim\n": "",
+                              "pkvmlab_board: pixel-8": f"pkvmlab_board: {board}"})
 
     proc, run_dir = run(tmp_path, env, ROOT / "suites" / "android", ROOT / "suites" / "boot", board=board)
 
