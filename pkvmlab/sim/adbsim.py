@@ -159,7 +159,8 @@ def adb_shell(devdir, args):
                 if data:
                     sinks[key.fileobj].write(to_device_text(devdir, data))
                     sinks[key.fileobj].flush()
-    return proc.wait()
+    code = proc.wait()
+    return 128 - code if code < 0 else code   # a signal, as the device's shell reports it (143: SIGTERM)
 
 
 def adb_root(devdir, root):

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import guest as simguest
 from . import images as simimages
 
 ENV_DIR = "PKVMLAB_PIXEL_SIM"
@@ -337,7 +338,11 @@ def sync_root(devdir, state):
         _write_if_changed(root / "apex/com.android.virt/bin" / name, _stub(python, name, devdir), 0o755)
     fs = root / "apex/com.android.virt/etc/fs"
     fs.mkdir(parents=True, exist_ok=True)
-    _write_if_changed(fs / "microdroid_kernel", "pkvmlab simulator fixture: microdroid kernel\n")
+    # AVF's Microdroid artifacts (notes/device-facts.md 1.4): kernel under etc/fs/, initrds under etc/.
+    _write_if_changed(fs / "microdroid_kernel", simguest.MICRODROID_KERNEL_TEXT)
+    for name, initrd in (("normal", "initrd_normal"), ("debuggable", "initrd_debug")):
+        _write_if_changed(root / f"apex/com.android.virt/etc/microdroid_initrd_{name}.img",
+                          simguest.INITRD_TEXT[initrd])
     _write_if_changed(root / "apex/com.android.virt/etc/microdroid.json",
                       json.dumps({"kernel": "/apex/com.android.virt/etc/fs/microdroid_kernel",
                                   "memory_mib": 256, "console_input_device": "hvc0"}) + "\n")
