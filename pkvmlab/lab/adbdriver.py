@@ -50,11 +50,14 @@ class ProcessResult:
 
 
 @step(title="process", args=["command"], result=True, tag="process")
-def run_process(command, timeout, timed=False):
+def run_process(command, timeout, timed=False, watch=None):
     """Run ``command`` (argv list) with a deadline; a labgrid step tagged 'process' (audited).
 
     Raises subprocess.TimeoutExpired (after killing it) when the deadline passes.
-    With ``timed``, each output line is kept with the time it arrived.
+    With ``timed``, each output line is kept with the time it arrived, and ``watch``
+    (if given) is called with ``(seconds, stream, text)`` for each line as it
+    arrives and with ``(seconds, None, None)`` at least every 0.5 s: it may act on
+    the device meanwhile (e.g. stop a VM that would otherwise run forever).
     """
     logging.getLogger("Process").info("command: %s", " ".join(command))
     if not timed:
@@ -75,6 +78,7 @@ def run_process(command, timeout, timed=False):
                 proc.kill()
                 proc.wait()
                 raise subprocess.TimeoutExpired(command, timeout, chunks["stdout"], chunks["stderr"])
+            fresh = []
             for key, _ in selector.select(min(left, 0.5)):
                 data = key.fileobj.read1(65536)
                 name = key.data
@@ -82,12 +86,17 @@ def run_process(command, timeout, timed=False):
                     selector.unregister(key.fileobj)
                     open_streams -= 1
                     if pending[name]:
-                        lines.append((time.monotonic() - started, name, pending[name].decode(errors="replace")))
+                        fresh.append((time.monotonic() - started, name, pending[name].decode(errors="replace")))
                     continue
                 chunks[name] += data
                 *complete, pending[name] = (pending[name] + data).split(b"\n")
                 now = time.monotonic() - started
-                lines.extend((now, name, line.decode(errors="replace").rstrip("\r")) for line in complete)
+                fresh.extend((now, name, line.decode(errors="replace").rstrip("\r")) for line in complete)
+            lines.extend(fresh)
+            if watch is not None:
+                for line in fresh:
+                    watch(*line)
+                watch(time.monotonic() - started, None, None)
     try:
         proc.wait(timeout=max(0.1, timeout - (time.monotonic() - started)))
     except subprocess.TimeoutExpired:
@@ -138,13 +147,14 @@ class AdbDriver(CommandMixin, Driver, CommandProtocol, FileTransferProtocol):
 
     # -- commands that do not need the device (listings, waiting) ------------------------------------------
 
-    def adb(self, *args, timeout=None, timed=False):
+    def adb(self, *args, timeout=None, timed=False, watch=None):
         """``adb -s SERIAL args...``; returns ProcessResult.  Raises DeviceError if adb itself fails to run."""
         if not self.serial:
             check_serial(self.device, self.devices_described(), "adb", self._config_file())
         command = [self.tool, "-s", self.serial, *args]
         try:
-            return run_process(command, timeout=self.timeout if timeout is None else timeout, timed=timed)
+            return run_process(command, timeout=self.timeout if timeout is None else timeout, timed=timed,
+                               watch=watch)
         except FileNotFoundError:
             raise DeviceError(f"adb not found ({self.tool}): install Android platform-tools or set "
                               "tools: adb in the environment") from None
@@ -214,13 +224,15 @@ class AdbDriver(CommandMixin, Driver, CommandProtocol, FileTransferProtocol):
 
     @Driver.check_active
     @step(args=["cmd"])
-    def run_timed(self, cmd, *, timeout=120.0):
+    def run_timed(self, cmd, *, timeout=120.0, watch=None):
         """Run ``cmd``, keeping when each output line arrived: ([(seconds, stream, text)], exit code).
 
         For measuring (e.g. how long a VM takes to say its payload is ready); a deadline kills it.
+        ``watch(seconds, stream, text)`` sees each line as it arrives (and ``(seconds, None, None)``
+        at least every 0.5 s), and may run other commands on the device meanwhile.
         """
         try:
-            result = self.adb("shell", cmd, timeout=timeout, timed=True)
+            result = self.adb("shell", cmd, timeout=timeout, timed=True, watch=watch)
         except subprocess.TimeoutExpired as err:
             raise ExecutionError(f"adb -s {self.serial} shell {cmd!r} did not finish within {timeout} s",
                                  (err.stdout or b"").decode(errors="replace").splitlines(),

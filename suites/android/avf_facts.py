@@ -11,7 +11,18 @@ from dataclasses import dataclass, field
 VM = "/apex/com.android.virt/bin/vm"
 CROSVM = "/apex/com.android.virt/bin/crosvm"
 MICRODROID_KERNEL = "/apex/com.android.virt/etc/fs/microdroid_kernel"   # etc/fs/, not etc/
+# The initrds the Microdroid kernel's vbmeta describes (initrd_normal, initrd_debug; apex/sign_virt_apex.py):
+# pvmfw refuses that kernel without one of them (pvmfw/avb/src/verify.rs verify_payload()).
+MICRODROID_INITRD = {"none": "/apex/com.android.virt/etc/microdroid_initrd_normal.img",
+                     "full": "/apex/com.android.virt/etc/microdroid_initrd_debuggable.img"}
 WORK_DIR = "/data/local/tmp/pkvmlab"
+
+# KVM vendor hypervisor services (function numbers = bits of word 0 of 'smccc: KVM: hypervisor services
+# detected'): upstream Documentation/virt/kvm/arm/hypercalls.rst and include/linux/arm-smccc.h; 5-8 are
+# Android's MMIO guard calls (AVF pvmfw/README.md), where upstream has MMIO_GUARD at 7.
+KVM_SERVICES = {0: "FEATURES", 1: "PTP", 2: "HYP_MEMINFO", 3: "MEM_SHARE", 4: "MEM_UNSHARE",
+                5: "MMIO_GUARD_INFO", 6: "MMIO_GUARD_ENROLL", 7: "MMIO_GUARD_MAP", 8: "MMIO_GUARD_UNMAP"}
+PKVM_GUEST_SERVICES = ("HYP_MEMINFO", "MEM_SHARE", "MEM_UNSHARE")
 
 _TRUE = {"1", "y", "yes", "on", "true"}
 _FALSE = {"0", "n", "no", "off", "false"}
@@ -69,6 +80,35 @@ def vm_cpu_args(help_lines):
     return ""
 
 
+def parse_vm_subcommands(help_lines):
+    """The subcommands ``vm --help`` lists (clap: indented names under 'Commands:' or 'SUBCOMMANDS:')."""
+    names, inside = [], False
+    for line in help_lines:
+        if re.match(r"^(Commands|SUBCOMMANDS):\s*$", line.strip()):
+            inside = True
+            continue
+        if inside:
+            match = re.match(r"^\s{2,}([a-z][a-z0-9-]*)\b", line)
+            if not match:
+                if line.strip():
+                    inside = False
+                continue
+            if match.group(1) != "help":
+                names.append(match.group(1))
+    return names
+
+
+def parse_vm_list(lines):
+    """CIDs in ``vm list`` output (Rust's debug dump of VirtualMachineDebugInfo; vm/vm_shell.sh reads 'cid')."""
+    return [int(cid) for cid in re.findall(r"\bcid: (\d+)", "\n".join(lines))]
+
+
+def kvm_services(bitmap):
+    """Names of the services set in a 'hypervisor services detected' word (hex string)."""
+    value = int(bitmap, 16)
+    return [KVM_SERVICES.get(bit, f"bit{bit}") for bit in range(32) if value >> bit & 1]
+
+
 @dataclass
 class VmRun:
     cid: int = None
@@ -115,7 +155,12 @@ class GuestConsole:
     guest_el: str = None
     hyp_services: str = None       # 'smccc: KVM: hypervisor services detected (...)'
     restricted_dma: bool = False   # swiotlb bounce pool of a pVM
-    pvmfw_failure: str = None
+    pvmfw_failure: str = None      # pvmfw refused the payload or found no instance.img
+
+    @property
+    def services(self):
+        """Service names of the detected bitmap's word 0 (the kernel prints words 3, 2, 1, 0)."""
+        return kvm_services(self.hyp_services.split()[-1]) if self.hyp_services else []
 
 
 def parse_guest_console(text):
@@ -125,8 +170,8 @@ def parse_guest_console(text):
             console.pvmfw = True
         if "Starting payload..." in line:
             console.payload_handoff = True
-        if "Failed to verify the payload" in line:
-            console.pvmfw_failure = line.strip()
+        if "Failed to verify the payload" in line or "instance.img" in line and "[ERROR]" in line:
+            console.pvmfw_failure = console.pvmfw_failure or line.strip()
         match = re.search(r"Linux version (\S+)", line)
         if match and console.kernel_release is None:
             console.kernel_release = match.group(1)
