@@ -25,6 +25,7 @@ from .device import (
     MODELS,
     SimExit,
     boot_android,
+    hang_up_with_parent,
     host_path,
     locked,
     select,
@@ -139,7 +140,7 @@ def adb_shell(devdir, args):
         ENV_DIR: str(Path(devdir).parent),
         ENV_TIME_SCALE: str(time_scale()),
     }
-    proc = subprocess.Popen(["/bin/sh", "-c", command], cwd=root, env=env, preexec_fn=_hang_up_with_parent,
+    proc = subprocess.Popen(["/bin/sh", "-c", command], cwd=root, env=env, preexec_fn=hang_up_with_parent,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     # Pass output on line by line as it comes (like adb's shell protocol), paths turned back into device paths.
     sinks = {proc.stdout: sys.stdout.buffer, proc.stderr: sys.stderr.buffer}
@@ -161,17 +162,6 @@ def adb_shell(devdir, args):
                     sinks[key.fileobj].flush()
     code = proc.wait()
     return 128 - code if code < 0 else code   # a signal, as the device's shell reports it (143: SIGTERM)
-
-
-def _hang_up_with_parent():
-    """The device command gets SIGHUP when this adb ends (killed at a deadline, say), as adbd hangs up the
-    remote shell when its adb connection closes; Linux PR_SET_PDEATHSIG (1)."""
-    try:
-        import ctypes
-        import signal
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGHUP, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
 
 
 def adb_root(devdir, root):

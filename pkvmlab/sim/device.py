@@ -81,6 +81,16 @@ def time_scale():
         return 1.0
 
 
+def hang_up_with_parent():
+    """This process gets SIGHUP when its parent ends, as adbd hangs up a device command when its adb
+    connection closes (the host's adb killed at a deadline, say); Linux prctl PR_SET_PDEATHSIG (1)."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, 1, 0, 0, 0)   # SIGHUP is 1
+    except (OSError, AttributeError):
+        pass
+
+
 def sim_sleep(seconds):
     time.sleep(seconds * time_scale())
 

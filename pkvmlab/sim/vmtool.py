@@ -32,6 +32,7 @@ import time
 from . import guest as simguest
 from .device import (
     SimExit,
+    hang_up_with_parent,
     host_path,
     kvm_up,
     load_state,
@@ -216,6 +217,7 @@ def tool_vm(devdir, args):
 
 
 def _run_microdroid(devdir, state, args):
+    hang_up_with_parent()     # a device shell that forked us may go first: we go with it
     values, _ = parse_flags(FLAGS[_version(state)], args, "vm run-microdroid")
     protected = bool(values.get("--protected") or values.get("-p"))
     debug = values.get("--debug", ["full"])[-1]

@@ -1,0 +1,204 @@
+"""The Pixel simulator enforces what a phone enforces, and the Android suite's real paths pass it.
+
+In-process: pkvmlab's AdbDriver and SerialFastbootDriver from a labgrid
+environment (envs/pixel-sim.yaml with absolute tool paths) against simulated
+phones, the way tests/test_pixel_sim.py does.  End to end: ``pkvmlab run`` of the
+android suite (tests/test_android_sim.py's helpers).
+"""
+
+import struct
+import sys
+import time
+import zlib
+
+import pytest
+from labgrid import Environment
+from labgrid.driver.exception import ExecutionError
+from test_android_sim import ROOT, SERIAL, env_file
+
+from pkvmlab.sim import pixel as sim
+
+sys.path.insert(0, str(ROOT / "suites" / "android"))
+from avf_facts import (  # noqa: E402
+    CROSVM,
+    MICRODROID_INITRD,
+    MICRODROID_KERNEL,
+    VM,
+    kvm_services,
+    parse_guest_console,
+    parse_vm_list,
+    parse_vm_subcommands,
+)
+from instance_img import instance_disk  # noqa: E402
+
+WORK = "/data/local/tmp"
+
+
+@pytest.fixture
+def simdir(tmp_path, monkeypatch):
+    directory = tmp_path / "sim"
+    directory.mkdir()
+    monkeypatch.setenv(sim.ENV_DIR, str(directory))
+    monkeypatch.setenv(sim.ENV_TIME_SCALE, "0")
+    monkeypatch.setenv(sim.ENV_WAIT, "1")
+    monkeypatch.setenv("PKVMLAB_PIXEL_SIM_VM_LIMIT", "20")   # a VM nobody stops must not outlive the test
+    return directory
+
+
+@pytest.fixture
+def env(tmp_path, simdir):
+    environment = Environment(str(env_file(tmp_path)))
+    yield environment
+    environment.cleanup()
+
+
+def rooted_adb(env, **device):
+    sim.create_device(SERIAL, "pixel-8", **device)
+    adb = env.get_target("main").get_driver("AdbDriver")
+    adb.root()
+    return adb
+
+
+# -- pvmfw's payload checks (guest.py) ----------------------------------------------------------------------------
+
+
+def crosvm(adb, tmp_path, *extra):
+    console = f"{WORK}/console.txt"
+    adb.run(f"rm -f {console}")
+    out, err, code = adb.run(f"{CROSVM} run --disable-sandbox --protected-vm --mem 256 --cpus 1 "
+                             f"--serial type=file,path={console},hardware=serial,console {' '.join(extra)} "
+                             f"{MICRODROID_KERNEL}")
+    local = tmp_path / "console.txt"
+    adb.get(console, str(local))
+    return parse_guest_console(local.read_text()), code, err
+
+
+def pushed_instance(adb, tmp_path):
+    local = tmp_path / "instance.img"
+    local.write_bytes(instance_disk())
+    adb.put(str(local), f"{WORK}/instance.img")
+    return f"--block path={WORK}/instance.img"
+
+
+def test_pvmfw_refuses_the_microdroid_kernel_without_its_initrd(env, tmp_path):
+    adb = rooted_adb(env)
+    guest, _, _ = crosvm(adb, tmp_path, pushed_instance(adb, tmp_path))
+    assert guest.pvmfw and not guest.payload_handoff and guest.kernel_release is None
+    assert guest.pvmfw_failure.startswith("[ERROR] Failed to verify the payload: Invalid metadata (no initrd given, "
+                                          "but the kernel's vbmeta has 3 hash descriptors")
+
+
+def test_pvmfw_refuses_a_payload_without_an_instance_image(env, tmp_path):
+    adb = rooted_adb(env)
+    guest, _, _ = crosvm(adb, tmp_path, f"--initrd {MICRODROID_INITRD['full']}")
+    assert guest.pvmfw_failure == "[ERROR] Failed to get instance.img salt: Failed to find the instance.img partition"
+    assert guest.kernel_release is None
+
+
+def test_pvmfw_refuses_an_initrd_its_vbmeta_does_not_describe(env, tmp_path):
+    adb = rooted_adb(env)
+    (tmp_path / "initrd").write_text("some other initrd\n")
+    adb.put(str(tmp_path / "initrd"), f"{WORK}/initrd")
+    guest, _, _ = crosvm(adb, tmp_path, f"--initrd {WORK}/initrd", pushed_instance(adb, tmp_path))
+    assert "matches neither initrd_normal nor initrd_debug" in guest.pvmfw_failure
+
+
+def test_pvmfw_accepts_kernel_initrd_and_instance_image_as_avf_passes_them(env, tmp_path):
+    adb = rooted_adb(env)
+    guest, code, err = crosvm(adb, tmp_path, f"--initrd {MICRODROID_INITRD['full']}", pushed_instance(adb, tmp_path))
+    assert code == 0 and not [line for line in err if "ERROR" in line], err
+    assert guest.pvmfw and guest.payload_handoff and guest.pvmfw_failure is None
+    assert guest.kernel_release and guest.guest_el == "EL1"
+    assert {"HYP_MEMINFO", "MEM_SHARE", "MEM_UNSHARE"} <= set(guest.services)
+
+
+def test_no_firmware_mode_boots_the_kernel_without_pvmfw(env, tmp_path):
+    adb = rooted_adb(env, pvmfw_loaded=False)
+    _, err, code = adb.run(f"{CROSVM} run --protected-vm {MICRODROID_KERNEL}")
+    assert code == 1 and "failed to enable protected VM: No such file or directory (os error 2)" in err[0]
+    out, err, code = adb.run(f"{CROSVM} run --protected-vm-without-firmware --serial type=stdout "
+                             f"{MICRODROID_KERNEL}")
+    guest = parse_guest_console("\n".join(out))
+    assert code == 0 and not guest.pvmfw and guest.kernel_release and guest.guest_el == "EL1"
+
+
+def test_instance_disk_is_a_valid_gpt_with_the_vm_instance_header():
+    disk = instance_disk()
+    header = disk[512:1024]
+    assert header[:8] == b"EFI PART"
+    size, crc = struct.unpack_from("<II", header, 12)
+    assert zlib.crc32(header[:16] + b"\0\0\0\0" + header[20:size]) == crc
+    entries_lba, count, entry_size, entries_crc = struct.unpack_from("<QIII", header, 72)
+    entries = disk[entries_lba * 512:entries_lba * 512 + count * entry_size]
+    assert zlib.crc32(entries) == entries_crc
+    first = struct.unpack_from("<Q", entries, 32)[0]
+    assert entries[56:56 + 22].decode("utf-16-le") == "vm-instance"
+    assert disk[first * 512:first * 512 + 21] == b"Android-VM-instance\x01\x00"
+    backup = disk[-512:]
+    assert backup[:8] == b"EFI PART" and struct.unpack_from("<Q", backup, 24)[0] == len(disk) // 512 - 1
+
+
+def test_kvm_services_decode_the_bitmap():
+    assert kvm_services("0x0000001d") == ["FEATURES", "HYP_MEMINFO", "MEM_SHARE", "MEM_UNSHARE"]
+    assert kvm_services("0x00000003") == ["FEATURES", "PTP"]
+
+
+# -- the vm tool: per Android version, and a Microdroid that never ends by itself ---------------------------------
+
+
+def test_android_13_vm_has_no_run_microdroid_but_stop(env):
+    adb = rooted_adb(env, android_version=13)
+    out, _, _ = adb.run(f"{VM} --help")
+    assert "run-microdroid" not in parse_vm_subcommands(out) and "stop" in parse_vm_subcommands(out)
+    _, err, code = adb.run(f"{VM} run-microdroid --protected")
+    assert code == 1 and err[0].startswith("error: Found argument 'run-microdroid' which wasn't expected")
+    out, _, _ = adb.run(f"{VM} run-app --help")
+    assert any("--cpus" in line for line in out) and not any("--cpu-topology" in line for line in out)
+
+
+def test_android_15_vm_has_run_microdroid_and_no_stop(env):
+    adb = rooted_adb(env, android_version=15)
+    out, _, _ = adb.run(f"{VM} --help")
+    subcommands = parse_vm_subcommands(out)
+    assert "run-microdroid" in subcommands and "stop" not in subcommands
+    _, err, code = adb.run(f"{VM} stop 2048")
+    assert code == 2 and err[0] == "error: unrecognized subcommand 'stop'"
+    _, err, code = adb.run(f"{VM} run-microdroid --cpus 1")
+    assert code == 2 and err[0] == "error: unexpected argument '--cpus' found"
+
+
+def test_microdroid_with_the_default_payload_never_ends_by_itself(env):
+    adb = rooted_adb(env)
+    started = time.monotonic()
+    with pytest.raises(ExecutionError, match="did not finish within 3"):
+        adb.run_timed(f"{VM} run-microdroid --protected", timeout=3)
+    assert time.monotonic() - started >= 3
+    time.sleep(0.3)    # the device-side vm got SIGHUP with its adb: nothing left running
+    out, _, _ = adb.run(f"{VM} list")
+    assert parse_vm_list(out) == []
+
+
+def test_microdroid_ends_when_told_and_is_listed_while_it_runs(env):
+    adb = rooted_adb(env, microdroid={"payload_exit_code": 7})
+    lines, code = adb.run_timed(f"{VM} run-microdroid --protected", timeout=10)
+    texts = [text for _, _, text in lines]
+    assert code == 0 and "payload finished with exit code 7" in texts and texts[-1] == "VM ended: Shutdown"
+
+    with sim.locked(sim.sim_dir() / SERIAL) as state:
+        state["microdroid"]["payload_exit_code"] = None      # AOSP's default payload again: never ends
+    watcher = Watcher(adb)
+    lines, code = adb.run_timed(f"echo pid=$$; exec {VM} run-microdroid --protected", timeout=10, watch=watcher)
+    assert code == 143 and watcher.listed == [2049]     # ended by SIGTERM, listed while it ran
+    assert parse_vm_list(adb.run(f"{VM} list")[0]) == []
+
+
+class Watcher:
+    def __init__(self, adb):
+        self.adb, self.pid, self.listed = adb, None, None
+
+    def __call__(self, seconds, stream, text):
+        if text and text.startswith("pid="):
+            self.pid = text[4:]
+        if text == "payload is ready":
+            self.listed = parse_vm_list(self.adb.run(f"{VM} list")[0])
+            self.adb.run(f"kill -TERM {self.pid}")
