@@ -14,7 +14,7 @@ import zlib
 import pytest
 from labgrid import Environment
 from labgrid.driver.exception import ExecutionError
-from test_android_sim import ROOT, SERIAL, env_file
+from test_android_sim import ROOT, SERIAL, env_file, junit, outcome, run
 
 from pkvmlab.sim import pixel as sim
 
@@ -202,3 +202,57 @@ class Watcher:
         if text == "payload is ready":
             self.listed = parse_vm_list(self.adb.run(f"{VM} list")[0])
             self.adb.run(f"kill -TERM {self.pid}")
+
+
+# -- the android suite end to end ----------------------------------------------------------------------------------
+
+
+def case_property(props, case, key):
+    return props.get(f"{case}.{key}")
+
+
+def test_crosvm_and_microdroid_pass_in_under_30_s_on_the_simulators_timings(tmp_path, simdir, monkeypatch):
+    monkeypatch.setenv(sim.ENV_TIME_SCALE, "1")       # the simulator's own timings, not 0
+    sim.create_device(SERIAL, "pixel-8")
+
+    proc, run_dir = run(tmp_path, None, ROOT / "suites" / "android", "-k", "microdroid or crosvm")
+
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    _, props, cases = junit(run_dir)
+    assert {name: outcome(case)[0] for name, case in cases.items()} == {
+        "test_microdroid_protected_boot": "passed", "test_crosvm_protected_vm": "passed"}
+    seconds = sum(float(case.get("time")) for case in cases.values())
+    assert seconds < 30, f"crosvm + Microdroid took {seconds:.1f} s"
+    assert case_property(props, "test_microdroid_protected_boot", "stopped").startswith("payload ready at ")
+    assert case_property(props, "test_microdroid_protected_boot", "cid") == "2048"
+    assert case_property(props, "test_crosvm_protected_vm", "protection") == "--protected-vm"
+    assert case_property(props, "test_crosvm_protected_vm", "pvmfw") == (
+        "accepted: kernel + initrd_debug + vm-instance disk")
+    assert case_property(props, "test_crosvm_protected_vm", "guest_el") == "EL1"
+    assert "MEM_SHARE" in case_property(props, "test_crosvm_protected_vm", "hypercalls")
+    output = (run_dir / "microdroid" / "vm-output.txt").read_text()
+    assert "exit 143" in output and "vm list then: [2048]; after: []" in output
+
+
+def test_without_pvmfw_crosvm_runs_in_no_firmware_mode_and_says_so(tmp_path, simdir):
+    sim.create_device(SERIAL, "pixel-8", pvmfw_loaded=False)
+
+    proc, run_dir = run(tmp_path, None, ROOT / "suites" / "android", "-k", "crosvm")
+
+    _, props, cases = junit(run_dir)
+    assert outcome(cases["test_crosvm_protected_vm"])[0] == "passed", outcome(cases["test_crosvm_protected_vm"])
+    protection = case_property(props, "test_crosvm_protected_vm", "protection")
+    assert protection.startswith("--protected-vm-without-firmware (--protected-vm: [ERROR] failed to enable "
+                                 "protected VM: No such file or directory (os error 2): the bootloader loaded no pvmfw)")
+
+
+def test_android_13_skips_microdroid_with_the_vm_tools_own_subcommands(tmp_path, simdir):
+    sim.create_device(SERIAL, "pixel-8", android=13)
+
+    proc, run_dir = run(tmp_path, None, ROOT / "suites" / "android", "-k", "microdroid")
+
+    _, _, cases = junit(run_dir)
+    kind, message = outcome(cases["test_microdroid_protected_boot"])
+    assert kind == "skipped" and message == (
+        "this Android's vm has no run-microdroid (it offers: run-app, run, stop, list, info, create-partition, "
+        "create-idsig); Microdroid runs need Android 14 or newer"), message
