@@ -242,8 +242,8 @@ def test_without_pvmfw_crosvm_runs_in_no_firmware_mode_and_says_so(tmp_path, sim
     _, props, cases = junit(run_dir)
     assert outcome(cases["test_crosvm_protected_vm"])[0] == "passed", outcome(cases["test_crosvm_protected_vm"])
     protection = case_property(props, "test_crosvm_protected_vm", "protection")
-    assert protection.startswith("--protected-vm-without-firmware (--protected-vm: [ERROR] failed to enable "
-                                 "protected VM: No such file or directory (os error 2): the bootloader loaded no pvmfw)")
+    assert protection == ("--protected-vm-without-firmware (--protected-vm: [ERROR] failed to enable protected VM: "
+                          "No such file or directory (os error 2): the bootloader loaded no pvmfw)")
 
 
 def test_android_13_skips_microdroid_with_the_vm_tools_own_subcommands(tmp_path, simdir):
