@@ -256,3 +256,46 @@ def test_android_13_skips_microdroid_with_the_vm_tools_own_subcommands(tmp_path,
     assert kind == "skipped" and message == (
         "this Android's vm has no run-microdroid (it offers: run-app, run, stop, list, info, create-partition, "
         "create-idsig); Microdroid runs need Android 14 or newer"), message
+
+
+FIRMWARE_PHONE_BOARD = """name: {name}
+description: a phone whose firmware hypervisor keeps EL2 (test board)
+soc: {soc}
+kind: android
+env: envs/pixel.yaml
+boot_timeout: 60
+ready_state: root
+expect:
+  boot_el: EL1
+  kvm_mode: none
+  pvm: false
+  avf: true
+  el2_holder: {holder}
+"""
+
+
+@pytest.mark.parametrize("model, holder, evidence", [
+    ("gunyah-phone", "Gunyah", "OF: reserved mem: 0x0000000080000000..0x00000000805fffff (6144 KiB) nomap "
+                               "non-reusable gunyah_hyp_region@80000000"),
+    ("geniezone-phone", "GenieZone", "gzvm: GenieZone hypervisor (gzvm) ready"),
+])
+def test_firmware_hypervisor_phone_skips_the_pkvm_checks_with_the_evidence(tmp_path, simdir, model, holder,
+                                                                              evidence):
+    sim.create_device(SERIAL, model)
+    board = tmp_path / f"{model}.yaml"
+    board.write_text(FIRMWARE_PHONE_BOARD.format(name=model, soc=sim.MODELS[model]["soc"], holder=holder))
+    env = env_file(tmp_path, {"  pkvmlab_image_set: pixel-sim\n": "",
+                              "pkvmlab_board: pixel-8": f"pkvmlab_board: {model}"})
+
+    proc, run_dir = run(tmp_path, env, board=board)
+
+    _, _, cases = junit(run_dir)
+    outcomes = {name: outcome(case) for name, case in cases.items()}
+    failed = {name: o for name, o in outcomes.items() if o[0] in ("failure", "error")}
+    assert not failed and proc.returncode == 0, (failed, proc.stdout[-2000:])
+    line = f"EL2 held by {holder} (evidence: {evidence})"
+    for name in ("test_hypervisor_properties", "test_vm_info", "test_microdroid_protected_boot",
+                 "test_crosvm_protected_vm", "test_probe_completed", "test_host_read[protected]"):
+        kind, message = outcomes[name]
+        assert kind == "skipped" and line in message, (name, kind, message)
+    assert outcomes["test_el2_holder"][0] == "passed" and outcomes["test_dev_kvm"][0] == "passed"

@@ -33,6 +33,30 @@ MODELS = {
                 "stock_release": "5.15.167-android14-6-pkvmsim-stock", "midr": "0x410fd801"},
     "pixel-9": {"model": "Pixel 9", "device": "tokay", "soc": "zumapro", "tensor": "Tensor G4",
                 "stock_release": "6.1.112-android14-11-pkvmsim-stock", "midr": "0x410fd801"},
+    # Phones whose firmware hypervisor keeps EL2 (not Pixels; profiles for the harness's skips): Linux boots
+    # at EL1, KVM says 'HYP mode not available', AVF's protected VMs are that hypervisor's.
+    "gunyah-phone": {"model": "Snapdragon phone (simulated)", "device": "sdsim", "soc": "sm8650",
+                     "tensor": None, "stock_release": "6.1.75-android14-11-pkvmsim-qcom",
+                     "midr": "0x410fd810", "hypervisor": "gunyah"},
+    "geniezone-phone": {"model": "Dimensity phone (simulated)", "device": "mtsim", "soc": "mt6989",
+                        "tensor": None, "stock_release": "6.1.68-android14-11-pkvmsim-mtk",
+                        "midr": "0x410fd810", "hypervisor": "geniezone"},
+}
+# What each firmware hypervisor leaves behind, and its public source (not measured here):
+# - Gunyah (Qualcomm): reserved-memory 'gunyah_hyp_region' and the resource-manager driver 'gunyah_rsc_mgr'
+#   (qualcomm-linux/kernel PR triage threads #1075, #1083, #1085; polygraphene/gunyah-on-sd-guide README.md);
+#   Android's ro.boot.hypervisor.version=gunyah, /dev/gunyah, /sys/hypervisor/type = gunyah, protected VMs only
+#   (same threads; unconfirmed per device [U]).
+# - GenieZone (MediaTek): the 'gzvm' driver (upstream review of drivers/virt/geniezone on lore.kernel.org,
+#   2023-2024) and /dev/gzvm; the exact lines and property value are unconfirmed [U].
+FIRMWARE_HYPERVISORS = {
+    "gunyah": {"version": "gunyah", "device": "gunyah",
+               "dmesg": [(0.0, "OF: reserved mem: 0x0000000080000000..0x00000000805fffff (6144 KiB) nomap "
+                               "non-reusable gunyah_hyp_region@80000000"),
+                         (1.204411, "gunyah_rsc_mgr hypervisor:qcom,resource-manager: Gunyah resource manager "
+                                    "ready")]},
+    "geniezone": {"version": "geniezone", "device": "gzvm",
+                  "dmesg": [(1.118032, "gzvm: GenieZone hypervisor (gzvm) ready")]},
 }
 AB_PARTITIONS = ("boot", "init_boot", "vendor_boot", "vendor_kernel_boot", "dtbo", "vbmeta", "vbmeta_system",
                  "vbmeta_vendor", "pvmfw", "system", "system_ext", "product", "system_dlkm", "vendor", "vendor_dlkm",
@@ -203,8 +227,14 @@ def select(mode, serial, tool):
 # ------------------------------------------------------------------------------------ what the device is
 
 
+def firmware_hypervisor(state):
+    """The firmware hypervisor holding EL2 on this phone (FIRMWARE_HYPERVISORS entry), or None (pKVM)."""
+    return FIRMWARE_HYPERVISORS.get(MODELS[state["model"]].get("hypervisor"))
+
+
 def _stock_kernel(state):
-    return {"release": MODELS[state["model"]]["stock_release"], "kvm_mode": "protected-nvhe", "cmdline": "",
+    mode = "none" if firmware_hypervisor(state) else "protected-nvhe"
+    return {"release": MODELS[state["model"]]["stock_release"], "kvm_mode": mode, "cmdline": "",
             "source": "stock"}
 
 
@@ -229,6 +259,8 @@ def boot_android(state, how, image=None):
     kernel = kernel or _stock_kernel(state)
     if not state.get("pkvm_enabled", True) and kernel["kvm_mode"].startswith("protected"):
         kernel["kvm_mode"] = "nvhe"
+    if firmware_hypervisor(state):
+        kernel["kvm_mode"] = "none"      # the firmware keeps EL2, whatever the kernel would do with it
     state["kernel"] = kernel
     state["mode"] = "android"
     state["adb_root"] = False
@@ -284,8 +316,9 @@ def properties(state):
         "ro.boot.flash.locked": "0" if state["unlocked"] else "1",
         "ro.kernel.version": ".".join(state["kernel"]["release"].split(".")[:2]),
         "ro.boot.hypervisor.vm.supported": "true" if kvm_up(state) else "",
-        "ro.boot.hypervisor.protected_vm.supported": "true" if protected else "",
-        "ro.boot.hypervisor.version": "kvm.arm-protected" if protected else ("kvm.arm" if kvm_up(state) else ""),
+        "ro.boot.hypervisor.protected_vm.supported": "true" if protected or firmware_hypervisor(state) else "",
+        "ro.boot.hypervisor.version": (firmware_hypervisor(state) or {}).get("version") or (
+            "kvm.arm-protected" if protected else ("kvm.arm" if kvm_up(state) else "")),
         "sys.boot_completed": "1" if boot_completed(state) else "",
         "dev.bootcomplete": "1" if boot_completed(state) else "",
         "service.adb.root": "1" if state["adb_root"] else "0",
@@ -308,11 +341,17 @@ def dmesg_lines(state):
     ]
     if protected_kvm(state):
         lines.append((0.011021, "CPU features: detected: Protected KVM"))
+    firmware = firmware_hypervisor(state)
+    if firmware:
+        lines += [line for line in firmware["dmesg"] if line[0] == 0.0]
     lines.append((0.118743, "smp: Brought up 1 node, 8 CPUs"))
-    lines.append((0.118760, "CPU: All CPU(s) started at EL2"))
+    lines.append((0.118760, f"CPU: All CPU(s) started at {'EL1' if firmware else 'EL2'}"))
     lines.append((0.131044, KVM_LINES[kernel["kvm_mode"]]))
-    lines.append((2.402113, "init: Loading module /lib/modules/pkvm_s2mpu.ko"))
-    return [f"[{t:12.6f}] {text}" for t, text in lines]
+    if firmware:
+        lines += [line for line in firmware["dmesg"] if line[0] != 0.0]
+    else:
+        lines.append((2.402113, "init: Loading module /lib/modules/pkvm_s2mpu.ko"))
+    return [f"[{t:12.6f}] {text}" for t, text in sorted(lines, key=lambda line: line[0])]
 
 
 def microdroid_release(state):
@@ -367,6 +406,10 @@ def sync_root(devdir, state):
         kvm.touch()
     elif kvm.exists():
         kvm.unlink()
+    firmware = firmware_hypervisor(state)
+    if firmware:
+        (dev / firmware["device"]).touch()
+        _write_if_changed(root / "sys/hypervisor/type", firmware["version"] + "\n")
     if state["kernel"]:
         _write_if_changed(root / "proc/cmdline", cmdline(state) + "\n")
         _write_if_changed(root / "proc/version", f"Linux version {state['kernel']['release']} (pkvmlab-sim)\n")

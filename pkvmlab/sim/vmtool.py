@@ -32,6 +32,7 @@ import time
 from . import guest as simguest
 from .device import (
     SimExit,
+    firmware_hypervisor,
     hang_up_with_parent,
     host_path,
     kvm_up,
@@ -116,7 +117,7 @@ def _unknown_subcommand(state, sub):
 def _info(state):
     protected, up = protected_kvm(state), kvm_up(state)
     props = properties(state)
-    other = state.get("hypervisor") not in (None, "pkvm")   # Gunyah, GenieZone: protected VMs only
+    other = firmware_hypervisor(state) is not None   # Gunyah, GenieZone: protected VMs only [U]
     if other:
         print("Only protected VMs are supported.")
     elif state["android_version"] <= 13 and up:

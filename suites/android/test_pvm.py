@@ -35,8 +35,6 @@ from avf_facts import (
 )
 from instance_img import instance_disk
 
-from pkvmlab.facts.el2holder import find_el2_holder
-
 pytestmark = pytest.mark.board_kind("android")
 
 READY_TIMEOUT = 90   # seconds from launch for 'payload is ready' before the harness stops the VM anyway
@@ -45,22 +43,11 @@ CROSVM_TIMEOUT = 60  # seconds the device lets crosvm run (toybox timeout) befor
 PID_MARK = "pkvmlab-vm-pid="
 
 
-def _el2_holder(booted):
-    """The firmware hypervisor that holds EL2 (boot log or the AVF version property), if one is seen."""
-    holder = booted.facts.el2_holder if booted.facts else None
-    if holder is not None and holder.name:
-        return holder
-    lines, _ = booted.run("getprop ro.boot.hypervisor.version")
-    value = lines[0].strip() if lines else ""
-    return find_el2_holder([f"ro.boot.hypervisor.version={value}"]) if value else None
-
-
 @pytest.fixture
-def pvm_board(booted, board):
+def pvm_board(booted, board, firmware_hypervisor):
+    if firmware_hypervisor is not None:
+        pytest.skip(f"{firmware_hypervisor.describe()}: protected VMs here are that hypervisor's, not pKVM's")
     if not board.expect.pvm:
-        holder = _el2_holder(booted)
-        if holder is not None and holder.name:
-            pytest.skip(f"{holder.describe()}: protected VMs here are that hypervisor's, not pKVM's")
         pytest.skip(f"board {board.name} expects no protected VMs (expect.pvm: false)")
     lines, code = booted.run(f"mkdir -p {WORK_DIR} && echo ok")
     assert code == 0 and lines == ["ok"], f"could not create {WORK_DIR}: {lines}"
