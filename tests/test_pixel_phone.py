@@ -151,3 +151,30 @@ def test_pixel_py_runs_as_a_script_as_docs_say(tmp_path):
                            timeout=60)
     assert shown.returncode == 0, shown.stderr
     assert sim.load_state(directory / "DOCS0001")["faults"]["never_boot_complete"] is True
+
+
+def test_the_teardown_finding_is_a_fault_the_simulator_replays_only_when_asked(tmp_path, simdir):
+    sim.create_device(SERIAL, "pixel-8", faults={"elprobe_teardown_leak": True})
+
+    proc, run_dir = run(tmp_path, None, ROOT / "suites" / "pvm")
+
+    assert proc.returncode == 1, proc.stdout[-2000:]   # a board finding
+    _, _, cases = junit(run_dir)
+    outcomes = {name: outcome(case) for name, case in cases.items()}
+    assert outcomes["test_teardown_min[protected]"][0] == "failure"
+    assert "the minimal protected guest's data survived teardown" in outcomes["test_teardown_min[protected]"][1]
+    assert outcomes["test_teardown[protected]"][0] == "failure"
+    assert outcomes["test_host_read[protected]"][0] == "passed"
+    assert outcomes["test_teardown_min[normal]"][0] == "passed"
+
+
+def test_try_it_command_passes(tmp_path, simdir):
+    """docs/pixel.md's first command, as written (only the reports directory differs)."""
+    sim.create_device(SERIAL, "pixel-8")
+
+    proc, run_dir = run(tmp_path)
+
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    _, _, cases = junit(run_dir)
+    assert not [name for name, case in cases.items() if outcome(case)[0] in ("failure", "error")]
+    assert outcome(cases["test_teardown_min[protected]"])[0] == "passed"

@@ -145,11 +145,12 @@ def new_state(serial, model="pixel-8", android=15, **overrides):
         "apex": {"active": None, "staged": None},
         "next_cid": 2048,
         "properties": {},                  # extra/overriding system properties
-        "faults": {"drop_off_after_writes": None, "never_boot_complete": False},
+        "faults": {"drop_off_after_writes": None, "never_boot_complete": False, "elprobe_teardown_leak": False},
+        "microdroid": {"payload_exit_code": None},   # None: AOSP's default payload, which never finishes
     }
     for key, value in overrides.items():
-        if key == "faults":
-            state["faults"].update(value)
+        if key in ("faults", "microdroid"):
+            state[key].update(value)
         else:
             state[key] = value
     return state
