@@ -299,3 +299,40 @@ def test_firmware_hypervisor_phone_skips_the_pkvm_checks_with_the_evidence(tmp_p
         kind, message = outcomes[name]
         assert kind == "skipped" and line in message, (name, kind, message)
     assert outcomes["test_el2_holder"][0] == "passed" and outcomes["test_dev_kvm"][0] == "passed"
+
+
+# -- fastboot and adb rules ----------------------------------------------------------------------------------------
+
+
+def tool(name, *args):
+    import subprocess
+    done = subprocess.run([str(ROOT / "pkvmlab" / "sim" / "bin" / name), "-s", SERIAL, *args],
+                          capture_output=True, text=True, timeout=30)
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_logical_partitions_are_written_only_from_fastbootd(simdir):
+    devdir = sim.create_device(SERIAL, "pixel-8", mode="bootloader")
+    image = ROOT / "images" / "pixel-sim" / "vendor_dlkm.img"
+    code, said = tool("fastboot", "flash", "vendor_dlkm_a", str(image))
+    assert code == 1 and "FAILED (remote: 'Partition vendor_dlkm_a not found')" in said
+    assert "only fastbootd ('fastboot reboot fastboot') can write it" in said
+    assert tool("fastboot", "getvar", "is-userspace")[1].startswith("is-userspace: no")
+    assert tool("fastboot", "reboot", "fastboot")[0] == 0
+    assert tool("fastboot", "getvar", "is-userspace")[1].startswith("is-userspace: yes")
+    assert tool("fastboot", "getvar", "is-logical:vendor_dlkm_a")[1].startswith("is-logical:vendor_dlkm_a: yes")
+    code, said = tool("fastboot", "flash", "vendor_dlkm_a", str(image))
+    assert code == 0, said
+    assert "vendor_dlkm_a" in sim.load_state(devdir)["written"]
+    code, said = tool("fastboot", "boot", str(ROOT / "images" / "pixel-sim" / "boot.img"))
+    assert code == 1 and "Unrecognized command boot" in said      # fastbootd cannot boot an image
+
+
+@pytest.mark.parametrize("build, allowed", [("userdebug", True), ("eng", True), ("user", False)])
+def test_adb_root_only_on_userdebug_and_eng_builds(simdir, build, allowed):
+    sim.create_device(SERIAL, "pixel-8", build_type=build)
+    code, said = tool("adb", "root")
+    if allowed:
+        assert code == 0 and said.strip() == "restarting adbd as root"
+    else:
+        assert code == 1 and said.strip() == "adbd cannot run as root in production builds"

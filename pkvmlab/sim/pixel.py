@@ -108,7 +108,7 @@ def admin_main(args):
                 node = state
                 *parents, leaf = key.split(".")
                 for part in parents:
-                    node = node[part]
+                    node = node.setdefault(part, {})
                 node[leaf] = json.loads(value)
     return 0
 
