@@ -36,11 +36,11 @@ def qemu_on_port(port):
     return out.stdout.split()
 
 
-@pytest.mark.parametrize("board,firmware", [
-    ("qemu-uboot", "U-Boot 2023.01"),
-    ("qemu-uefi", "EFI v2.7 by EDK II"),
+@pytest.mark.parametrize("board,firmware,want_firmware,package,delivery", [
+    ("qemu-uboot", "U-Boot 2023.01", "U-Boot 2023.01", "u-boot-qemu", "tftp"),
+    ("qemu-uefi", "EFI v2.7 by EDK II", "EDK II (UEFI 2.7)", "qemu-efi-aarch64", "qemu"),
 ])
-def test_firmware_board_boots_pkvm_at_el2(tmp_path, board, firmware):
+def test_firmware_board_boots_pkvm_at_el2(tmp_path, board, firmware, want_firmware, package, delivery):
     proc, run_dir = run_board(tmp_path, board)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     _, props, cases = parse_junit(run_dir / "junit.xml")
@@ -53,6 +53,11 @@ def test_firmware_board_boots_pkvm_at_el2(tmp_path, board, firmware):
     if board == "qemu-uboot":
         assert "Bytes transferred = " in console      # kernel and initrd came over TFTP
     assert cases["test_kvm_mode"].find("failure") is None
+    assert cases["test_firmware"].find("failure") is None and cases["test_firmware"].find("skipped") is None
+    assert props["pkvmlab.firmware"].startswith(want_firmware), props["pkvmlab.firmware"]
+    assert props["pkvmlab.firmware_package"].startswith(package + " "), props.get("pkvmlab.firmware_package")
+    assert props["pkvmlab.image_delivery"] == delivery
+    assert re.fullmatch(r"NetworkSerialPort 127\.0\.0\.1:\d+ raw", props["pkvmlab.console_resource"])
     serial = serial_port_of(run_dir)
     assert serial not in (45901, 45911), "fixed port: two runs at once would collide"
     assert not qemu_on_port(serial), "QEMU outlived the run"
