@@ -32,7 +32,7 @@ DELIVERIES = ("qemu", "tftp", "fastboot", "lab")
 BOOT_ELS = ("EL1", "EL2")
 # "protected" accepts either pKVM flavour; the others name one exact mode.
 # Who holds EL2 on a board whose Linux boots at EL1 (pkvmlab/facts/el2holder.py); "none": no EL2 at all.
-EL2_HOLDERS = ("Gunyah", "GenieZone", "none")
+EL2_HOLDERS = ("Gunyah", "GenieZone", "QHEE", "none")
 KVM_MODES = ("protected", "protected-nvhe", "protected-hvhe", "nvhe", "hvhe", "vhe", "none")
 
 _EXPECT_SCHEMA = {
