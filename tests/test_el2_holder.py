@@ -77,3 +77,12 @@ def test_gunyah_line_wins_over_the_xbl_qhee_line():
     lines = EL1_LOG.splitlines()
     facts = parse_boot_log("\n".join([XBL_QHEE] + lines[:3] + [GUNYAH_RESERVED] + lines[3:]))
     assert facts.el2_holder.name == "Gunyah" and "gunyah-hyp@80000000" in facts.el2_holder.evidence
+
+
+def test_crosvm_log_from_a_gunyah_tablet_names_gunyah():
+    # Real excerpt: crosvm on a Galaxy Tab S9 Ultra (Snapdragon 8 Gen 2), quoted in
+    # https://github.com/quic/gunyah-hypervisor/issues/24 (crosvm's own debug line, as AVF's logcat shows it).
+    line = ("[2024-03-23T00:49:49.736413214+05:30 DEBUG crosvm::crosvm::sys::unix] "
+            "creating hypervisor: Gunyah { device: Some(\"/dev/gunyah\") }")
+    facts = parse_boot_log(EL1_LOG + "\n" + line + "\n")
+    assert facts.el2_holder.name == "Gunyah" and facts.el2_holder.evidence == line
