@@ -35,14 +35,14 @@ from pkvmlab.images.manifest import load_image_set  # noqa: E402
 from pkvmlab.images.provision import provision  # noqa: E402
 
 
-def raw_command(board, provisioned, emulator, tftp_dir):
+def raw_command(board, provisioned, emulator, tftp_dir, extra=" pkvmlab.poweroff"):
     """The board driver's own QEMU command line (same emulator and CPU as the harness's runs), with the
     console on stdio and poweroff at userspace; and the firmware dialog ((wait for, then send) pairs)."""
     import labgrid
 
     import pkvmlab.lab  # noqa: F401  (registers our driver)
     os.environ["LG_PKVMLAB_IMAGES"] = str(provisioned.directory)
-    os.environ["LG_PKVMLAB_KERNEL_ARGS"] = board.kernel_args + " pkvmlab.poweroff"
+    os.environ["LG_PKVMLAB_KERNEL_ARGS"] = board.kernel_args + extra
     os.environ["LG_PKVMLAB_QEMU"] = str(emulator.binary)
     os.environ["LG_PKVMLAB_CPU"] = board.emulator.cpu
     os.environ["LG_PKVMLAB_TFTP_DIR"] = tftp_dir
@@ -56,7 +56,10 @@ def raw_command(board, provisioned, emulator, tftp_dir):
     strategy = target.get_driver("FirmwareShellStrategy", activate=False)
     for key in strategy.stage:                   # what TFTPProviderDriver stages: a link to the image
         image = target.env.config.get_image_path(key)
-        os.symlink(image, os.path.join(tftp_dir, os.path.basename(image)))
+        link = os.path.join(tftp_dir, os.path.basename(image))
+        if os.path.lexists(link):
+            os.unlink(link)
+        os.symlink(image, link)
     dialog = []
     if board.firmware == "u-boot":
         uboot = target.get_driver("UBootDriver", activate=False)

@@ -58,10 +58,13 @@ def booted(request, pkvmlab_run, target):
     say(f"pkvmlab: booting {run.board.name} to '{run.board.ready_state}' "
         f"(boot timeout {run.board.boot_timeout:.0f} s{log_path})")
     try:
+        run.timeline.mark("boot_start")
         boot_with_retries(run, strategy, console_log, say, add_property)
+        run.timeline.mark("shell")
         if session.boot_seconds is not None:
             add_property("pkvmlab.boot_seconds", f"{session.boot_seconds:.3f}")
         facts = session.collect_facts()
+        run.timeline.mark("facts")
         took = f" in {session.boot_seconds:.1f} s" if session.boot_seconds is not None else ""
         say(f"pkvmlab: {run.board.name} ready{took}: kernel {session.runtime.release or facts.kernel_release}, "
             f"boot {facts.boot_el or 'EL unknown'}, KVM {facts.kvm_mode or 'unknown'}")

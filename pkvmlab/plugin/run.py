@@ -24,6 +24,7 @@ from ..errors import ConfigError, InfrastructureError
 from ..images.emulator import resolve_emulator
 from ..images.manifest import load_image_set
 from ..images.provision import provision
+from .timeline import Timeline
 
 # What each kvm-arm.mode leads to on a board whose CPU has VHE and EL2 (QEMU -cpu max) ...
 EXPECTED_KVM_MODE = {"protected": "protected", "nvhe": "nvhe", "default": "vhe", "none": "none"}
@@ -140,6 +141,7 @@ class RunState:
         self.running = None          # the pytest item running now (named in JUnit after an interrupt)
         self.outcomes = {}           # (nodeid, when) -> pkvmlab.outcome.Outcome of each failure
         self.interrupted_by = None   # "SIGTERM", "SIGINT", "SIGHUP" once a signal ended the run
+        self.timeline = Timeline()   # where the run's time goes (timeline.json; the plugin replaces it)
         self.journal_error = None    # the OSError that stopped results.jsonl (disk full), if any
         self.dry = False             # --help, --collect-only...: nothing is provisioned or written
         self.kernel_suite_override = None   # --kernel-suite, when not the image set's own suite
