@@ -9,7 +9,7 @@ firmware hypervisor holds (Gunyah, GenieZone) the pKVM checks skip with its evid
 import pytest
 from avf_facts import VM, android_bool, parse_vm_info
 
-pytestmark = pytest.mark.board_kind("android")
+pytestmark = pytest.mark.board(console="adb")
 
 
 def _prop(booted, name):

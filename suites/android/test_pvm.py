@@ -35,7 +35,7 @@ from avf_facts import (
 )
 from instance_img import instance_disk
 
-pytestmark = pytest.mark.board_kind("android")
+pytestmark = pytest.mark.board(console="adb")
 
 READY_TIMEOUT = 90   # seconds from launch for 'payload is ready' before the harness stops the VM anyway
 STOP_TIMEOUT = 20    # seconds for the vm tool to end once told to
