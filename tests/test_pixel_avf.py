@@ -261,7 +261,10 @@ def test_android_13_skips_microdroid_with_the_vm_tools_own_subcommands(tmp_path,
 FIRMWARE_PHONE_BOARD = """name: {name}
 description: a phone whose firmware hypervisor keeps EL2 (test board)
 soc: {soc}
-kind: android
+console: adb
+power: device
+firmware: abl
+delivery: fastboot
 env: envs/pixel.yaml
 boot_timeout: 60
 ready_state: root
