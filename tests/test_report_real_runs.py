@@ -41,7 +41,7 @@ def test_flip():
     verdict = os.environ.get("PKVMLAB_FLIP", "pass")
     assert verdict == "pass", f"PKVMLAB_FLIP={verdict}: this test was told to fail"
 '''
-# Colours of html.CSS as Chromium paints them: pass, known finding (xfail), skip.
+# Colours of templates/report.css as Chromium paints them: pass, known finding (xfail), skip.
 PASS_RGB, XFAIL_RGB, SKIP_RGB = (0xC9, 0xEF, 0xC4), (0xE6, 0xD9, 0xF5), (0xE6, 0xE6, 0xE6)
 
 
@@ -266,8 +266,8 @@ class Page(HTMLParser):
             self._into[0][self._into[1]] += data
 
     def note(self, key):
-        """The note a skipped or known-finding cell points to (the number after its label)."""
-        number = re.match(r"(?:skip|known)(\d+)", self.text[key]).group(1)
+        """The note a skipped or finding cell points to (the number after its label, ``record.KINDS``)."""
+        number = re.match(r"(?:skip|finding \(waived\)|emulator artifact|FINDING)(\d+)", self.text[key]).group(1)
         return self.notes[number]
 
 
