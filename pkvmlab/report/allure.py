@@ -8,8 +8,9 @@ https://allurereport.org/docs/categories/).  pkvmlab's messages start with fixed
 (``cases.FINDING_PREFIX`` ...), so one file per run directory makes ``allure generate <run dir>``
 show "pkvmlab: finding (waived)", "pkvmlab: emulator artifact (waived)" and "pkvmlab: finding
 (strict mode)".  Measured with allure-commandline 2.46: on a matrix run Categories went from 0
-items to the 2 emulator artifacts, on a run of a board with a known finding to 1 waived finding.  It is a consumer's configuration: no pkvmlab reader parses
-these messages (kinds come from the result types, ``record``).
+items to the 2 emulator artifacts, on a run of a board with a known finding to 1 waived finding.
+It is a consumer's configuration: no pkvmlab reader parses these messages (kinds come from the
+result types, ``record``).
 """
 
 import json
