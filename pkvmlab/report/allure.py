@@ -4,7 +4,7 @@ Allure reads JUnit by status only: a waived finding (``<skipped>``) is a grey sk
 Categories page (defaults: product defects = failed, test defects = broken) stays empty.  Allure
 takes custom categories from a ``categories.json`` in the results directory it is given, matched by
 status and by a regular expression over the whole status message (Allure's documentation,
-https://allurereport.org/docs/categories/).  pkvmlab's messages start with fixed prefixes
+https://allurereport.org/docs/how-it-works-categories-file/).  pkvmlab's messages start with fixed prefixes
 (``cases.FINDING_PREFIX`` ...), so one file per run directory makes ``allure generate <run dir>``
 show "pkvmlab: finding (waived)", "pkvmlab: emulator artifact (waived)" and "pkvmlab: finding
 (strict mode)".  Measured with allure-commandline 2.46: on a matrix run Categories went from 0
