@@ -182,28 +182,39 @@ def test_no_property_is_an_absolute_host_path(runs):
         assert p["ENV_CONFIG"] == "$PKVMLAB_ROOT/envs/qemu-virt.yaml"
 
 
+# The two checks the board file waives, with the reference each cites.  QEMU 7.2 leaks at teardown on
+# most boots but not all (measured on this branch: teardown_min passed on 2 of 6 boots): each test
+# checks whichever of them the boot reproduced, and needs at least one.
+WAIVED_CHECKS = {"test_teardown_min[protected]": FINDING_REFERENCE,
+                 "test_teardown[protected]": "qemu-virt.yaml: expect.known_findings.teardown/protected"}
+
+
+def reproduced(suite, element):
+    """[(case, result element, its reference)] of the waived checks the boot reproduced."""
+    return [(case, result, WAIVED_CHECKS[case.name]) for case in suite if case.name in WAIVED_CHECKS
+            for result in case.result if isinstance(result, element)]
+
+
 def test_a_known_finding_is_visibly_a_finding_and_does_not_fail(runs):
     path, proc = junit(runs, "finding")
     assert proc.returncode == 0, said(proc)
     (suite,) = JUnitXml.fromfile(str(path))
-    case = next(c for c in suite if c.name == "test_teardown_min[protected]")
-    (result,) = [r for r in case.result if isinstance(r, Skipped)]
-    assert result._elem.get("type") == "pkvmlab.finding"
-    assert result.message.startswith(f"FINDING (waived): known finding on qemu-virt: {FINDING_REASON} "
-                                     f"({FINDING_REFERENCE}); measured: ")
-    assert "survived teardown" in result.message
-    out = case.system_out
-    assert "known finding: waived, not failing" in out and f"reference = {FINDING_REFERENCE}" in out
-    assert "evidence = " in out and "guest_pattern" in out and "[[ATTACHMENT|console.log]]" in out
-    assert (path.parent / "console.log").is_file()
-    other = next(c for c in suite if c.name == "test_teardown[protected]")   # leaks on 2 of 3 boots
-    for result in other.result:
-        assert result._elem.get("type") == "pkvmlab.finding", result
-        assert "(qemu-virt.yaml: expect.known_findings.teardown/protected)" in result.message
-    # History and the HTML table count it as a finding (xfail), not as a skip.
+    found = reproduced(suite, Skipped)
+    assert found, "QEMU 7.2 leaked at neither teardown check this boot"
     from pkvmlab.report.junit import XFAILED, load_suites
     (loaded,) = load_suites(path)
-    assert next(c for c in loaded.cases if c.name == case.name).outcome == XFAILED
+    for case, result, reference in found:
+        assert result._elem.get("type") == "pkvmlab.finding"
+        assert result.message.startswith(f"FINDING (waived): known finding on qemu-virt: {FINDING_REASON} "
+                                         f"({reference}); measured: ")
+        assert "survived teardown" in result.message
+        out = case.system_out
+        assert "known finding: waived, not failing" in out and f"reference = {reference}" in out
+        assert "evidence = " in out and "guest_pattern" in out and "[[ATTACHMENT|console.log]]" in out
+        # History and the HTML table count it as a finding (xfail, kind waived), not as a skip.
+        loaded_case = next(c for c in loaded.cases if c.name == case.name)
+        assert (loaded_case.outcome, loaded_case.kind) == (XFAILED, "waived")
+    assert (path.parent / "console.log").is_file()
 
 
 def test_strict_mode_fails_a_waived_finding_as_the_boards(runs):
@@ -211,15 +222,17 @@ def test_strict_mode_fails_a_waived_finding_as_the_boards(runs):
     assert proc.returncode == 1, said(proc)
     (suite,) = JUnitXml.fromfile(str(path))
     assert props(suite)["pkvmlab.strict_findings"] == "yes"
-    case = next(c for c in suite if c.name == "test_teardown_min[protected]")
-    (result,) = [r for r in case.result if isinstance(r, Failure)]
-    assert result._elem.get("type") == "pkvmlab.finding.waived"
-    assert result.message == f"waived finding: known finding on qemu-virt: {FINDING_REASON} ({FINDING_REFERENCE})"
-    assert "known finding: fails (strict mode)" in case.system_out
-    assert "[[ATTACHMENT|console.log]]" in case.system_out
+    found = reproduced(suite, Failure)
+    assert found, "QEMU 7.2 leaked at neither teardown check this boot"
     from pkvmlab.report.junit import load_suites
     (loaded,) = load_suites(path)
-    assert next(c for c in loaded.cases if c.name == case.name).failure_class == "board"
+    for case, result, reference in found:
+        assert result._elem.get("type") == "pkvmlab.finding.waived"
+        assert result.message == f"waived finding: known finding on qemu-virt: {FINDING_REASON} ({reference})"
+        assert "known finding: fails (strict mode)" in case.system_out
+        assert "[[ATTACHMENT|console.log]]" in case.system_out
+        loaded_case = next(c for c in loaded.cases if c.name == case.name)
+        assert (loaded_case.failure_class, loaded_case.kind) == ("board", "finding")
 
 
 def test_a_matrix_keeps_the_single_runs_keys_and_tells_emulators_apart(runs):
