@@ -13,6 +13,7 @@ from _pytest.junitxml import xml_key
 from ..errors import ConfigError, PkvmlabError
 from .records import finish_records, start_records
 from .run import KVM_ARM_MODES, RunState
+from .timeline import Timeline
 
 RUN_KEY = pytest.StashKey[RunState]()
 _CONSOLE_MARK_KEY = pytest.StashKey[int]()
@@ -82,14 +83,19 @@ def _stop_before_start(err, dry):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
-    config.addinivalue_line("markers", "board_kind(*kinds): run the test only on boards of these kinds")
+    config.addinivalue_line("markers", "board(**facts): run the test only on boards whose file has these facts "
+                                       "(console=adb, firmware=u-boot, ...)")
     dry = _print_only(config)
+    timeline = Timeline()
+    timeline.mark("configure")
     try:
         run = RunState.from_options(config.option, dry=dry)
     except PkvmlabError as err:
         _stop_before_start(err, dry)
     if run is None:
         return
+    timeline.mark("run_ready")
+    run.timeline = timeline
     config.stash[RUN_KEY] = run
     run.export_environment()
     if not config.option.lg_env:
@@ -112,6 +118,9 @@ def pytest_unconfigure(config):
     run = config.stash.get(RUN_KEY, None)
     if run is not None and not run.dry:
         finish_records(run, getattr(run, "audit", None))
+        run.remove_scratch()
+        run.timeline.mark("end")
+        run.timeline.write(run.run_dir / "timeline.json")
     for sig, previous in (getattr(run, "previous_handlers", None) or {}).items():
         signal.signal(sig, previous)
 
@@ -148,17 +157,24 @@ def pytest_sessionstart(session):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Deselect tests marked for other board kinds (android suites on a QEMU board, ...)."""
+    """Deselect tests marked for boards with other facts (``board(console="adb")`` suites on a QEMU board)."""
     run = config.stash.get(RUN_KEY, None)
     if run is None:
         return
     keep, drop = [], []
     for item in items:
-        kinds = {k for marker in item.iter_markers("board_kind") for k in marker.args}
-        (drop if kinds and run.board.kind not in kinds else keep).append(item)
+        wanted = [marker.kwargs for marker in item.iter_markers("board")]
+        fits = all(getattr(run.board, fact) == value for facts in wanted for fact, value in facts.items())
+        (keep if fits else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+def pytest_collection_finish(session):
+    run = session.config.stash.get(RUN_KEY, None)
+    if run is not None:
+        run.timeline.mark("collected")
 
 
 @pytest.hookimpl(wrapper=True)
@@ -211,6 +227,7 @@ def pytest_runtest_logreport(report):
     run = getattr(report, "_pkvmlab_run", None)
     if run is None:
         return
+    run.timeline.test_report(report)
     entry = {"nodeid": report.nodeid, "when": report.when, "outcome": report.outcome,
              "duration": round(report.duration, 3)}
     if report.failed:
@@ -303,6 +320,8 @@ def pytest_sessionfinish(session, exitstatus):
     no partial file left behind that a dashboard could take for a result.
     """
     run = session.config.stash.get(RUN_KEY, None)
+    if run is not None:
+        run.timeline.mark("sessionfinish")
     interrupted = run is not None and (run.interrupted_by is not None or exitstatus == pytest.ExitCode.INTERRUPTED)
     if interrupted:
         _mark_interrupted(session, run)
@@ -311,6 +330,7 @@ def pytest_sessionfinish(session, exitstatus):
         if run is None or run.junit_partial is None or not run.junit_partial.exists():
             return result
         _finish_report(session, run)
+        run.timeline.mark("report_written")
         return result
     except OSError as err:
         if run is None:
