@@ -119,7 +119,11 @@ INTERRUPTED_BY, STRICT_FINDINGS = "pkvmlab.interrupted", "pkvmlab.strict_finding
 # name -> what it holds.  Names ending in "." are families (pkvmlab.pvm.<probe>: the probe's summary).
 PROPERTIES = {
     IDENTITY: "classname prefix of every case: <board>.<mode>[.<cpu>][.kernel-<suite>][.qemu-<source>]",
-    BOARD: "board file name", SOC: "the board's SoC", BOARD_KIND: "qemu, devboard, android",
+    BOARD: "board file name", SOC: "the board's SoC", BOARD_KIND: "qemu, devboard, android (files before board facts)",
+    "pkvmlab.console": "how the console is reached (board file)", "pkvmlab.power": "how power is switched",
+    "pkvmlab.firmware_path": "the boot path through firmware (board file)",
+    "pkvmlab.image_delivery": "how images reach the board", "pkvmlab.console_resource": "the console's resource",
+    "pkvmlab.firmware": "the firmware the console showed", "pkvmlab.firmware_package": "its Debian package",
     KVM_ARM_MODE: "kvm-arm.mode= the kernel was booted with", RUN_ID: "the run's id (its directory)",
     STARTED: "when the run started, ISO 8601 UTC", CONSOLE_LOG: "the board's log, relative to the JUnit file",
     EMULATOR: "qemu-<version> on QEMU boards", "pkvmlab.emulator_version": "QEMU's --version line",
