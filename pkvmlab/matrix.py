@@ -9,17 +9,20 @@ Each combination is a normal ``pkvmlab run`` (its own QEMU, its own run
 directory) so a crash in one cell cannot spoil another; ``--jobs`` of them run
 at once (TCG QEMU uses about one core per board).  Kernels are provisioned
 first, one after another, so the parallel runs start from a warm cache.  The
-runs' JUnit files are merged into one (a testsuite per combination) and a
-table - rows kernels, columns modes - is written as Markdown and HTML.
+runs' JUnit files are merged into one (a testsuite per combination), and that file is all the
+tables are made from: ``report.table`` reads it into the report's model (outcome kinds from the
+result elements' types, ``report.record``; nothing parsed back out of messages), the Markdown
+table (``matrix.md``, rows kernels × emulators × CPUs, columns modes) and the HTML page
+(``report.html``, and the same page as ``matrix.html``) are its renderings.  A check whose outcome
+changes with the emulator alone is marked an emulator artifact there (``table.emulator_artifacts``).
 """
 
-import html
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
-import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,7 +31,6 @@ from .images.manifest import load_image_set
 from .images.progress import note
 from .images.provision import provision
 from .lab.childproc import die_with_parent
-from .report.junit import XFAIL_TYPE
 
 
 def split_cpus(text):
@@ -72,129 +74,6 @@ def _run_cell(board_name, kernel_suite, mode, reports, matrix_id, qemu="auto", c
             "run_dir": run_dir, "seconds": round(time.monotonic() - started, 1)}
 
 
-def read_cell(run_dir):
-    """Properties and outcome counts of one cell's JUnit file (None when the run wrote none)."""
-    path = Path(run_dir) / "junit.xml"
-    if not path.is_file():
-        return None
-    suite = ET.parse(path).getroot().find("testsuite")
-    props = {p.get("name"): p.get("value") for p in suite.iter("property")}
-    counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
-    # Of the skipped, the board's known findings (xfails) are counted apart: they are findings, not gaps.
-    counts["known"] = sum(1 for skipped in suite.iter("skipped") if skipped.get("type") == XFAIL_TYPE)
-    outcomes = {}
-    for case in suite.iter("testcase"):
-        child = next(iter(case), None)
-        kind = "pass" if child is None or child.tag in ("system-out", "system-err") else \
-            "xfail" if child.tag == "skipped" and child.get("type") == XFAIL_TYPE else child.tag
-        outcomes[case.get("name")] = kind
-    return {"props": props, "counts": counts, "name": suite.get("name"), "outcomes": outcomes}
-
-
-def emulator_artifacts(cells):
-    """{cell key: [note]} for checks whose outcome differs between emulators on the same kernel, mode and CPU.
-
-    A check that fails (or is waived) under one QEMU and passes under another is the emulator's: the
-    note names the check and both outcomes, e.g. "test_teardown[protected]: xfail on qemu-7.2.22,
-    pass on qemu-10.0.2".
-    """
-    groups = {}
-    for key, cell in cells.items():
-        if cell is not None:
-            kernel, mode, _, cpu = key
-            groups.setdefault((kernel, mode, cpu), []).append((key, cell))
-    notes = {}
-    for members in groups.values():
-        if len(members) < 2:
-            continue
-        tests = set().union(*(cell["outcomes"] for _, cell in members))
-        for test in sorted(tests):
-            seen = {cell["props"].get("pkvmlab.emulator", key[2]): cell["outcomes"].get(test) for key, cell in members}
-            bad = {emu for emu, outcome in seen.items() if outcome in ("failure", "error", "xfail")}
-            good = {emu for emu, outcome in seen.items() if outcome == "pass"}
-            if bad and good:
-                text = f"emulator artifact: {test}: " + ", ".join(f"{seen[e]} on {e}" for e in sorted(seen))
-                for key, cell in members:
-                    if cell["props"].get("pkvmlab.emulator", key[2]) in bad:
-                        notes.setdefault(key, []).append(text)
-    return notes
-
-
-def cell_summary(cell):
-    if cell is None:
-        return {"boot_el": "no report", "kvm": "", "create": "", "host_read": "", "teardown": "", "verdict": "error"}
-    p, c = cell["props"], cell["counts"]
-    bad = c["failures"] + c["errors"]
-    return {
-        "boot_el": p.get("pkvmlab.boot_el", "?"),
-        "kvm": re.sub(r"^kvm \[\d+\]: | mode initialized successfully$", "",
-                      p.get("pkvmlab.kvm_line") or p.get("pkvmlab.kvm_mode", "?")),
-        "create": p.get("pkvmlab.pvm.create", "n/a"),
-        "host_read": p.get("pkvmlab.pvm.host_read", "n/a"),
-        "teardown": p.get("pkvmlab.pvm.teardown", "n/a"),
-        "kernel": p.get("pkvmlab.kernel_release", "?"),
-        "emulator": p.get("pkvmlab.emulator", "?"),
-        "verdict": f"{c['tests'] - bad - c['skipped']} pass, " + (f"{c['known']} known, " if c["known"] else "")
-                   + f"{c['skipped'] - c['known']} skip, {bad} fail",
-    }
-
-
-def _rows(kernels, qemus, cpus):
-    return [(k, q, c) for k in kernels for q in qemus for c in cpus]
-
-
-def _row_labels(row, modes, cells):
-    kernel, qemu, cpu = row
-    release, emulator = "", qemu
-    for mode in modes:
-        s = cell_summary(cells.get((kernel, mode, qemu, cpu)))
-        release = s.get("kernel", release)
-        emulator = s.get("emulator", emulator)
-    return release, emulator, cpu or "board's"
-
-
-def matrix_markdown(kernels, modes, cells, qemus=("auto",), cpus=("",)):
-    artifacts = emulator_artifacts(cells)
-    header = "| kernel | QEMU | -cpu | " + " | ".join(f"kvm-arm.mode={m}" for m in modes) + " |"
-    lines = [header, "|" + "---|" * (len(modes) + 3)]
-    for row in _rows(kernels, qemus, cpus):
-        cols = []
-        release, emulator, cpu = _row_labels(row, modes, cells)
-        for mode in modes:
-            key = (row[0], mode, row[1], row[2])
-            s = cell_summary(cells.get(key))
-            note = "".join(f"; **{text}**" for text in artifacts.get(key, ()))
-            cols.append(f"{s['boot_el']}, {s['kvm']}; pVM create: {s['create']}; host read of pVM page: "
-                        f"{s['host_read']}; after teardown: {s['teardown']} ({s['verdict']}){note}")
-        lines.append(f"| {row[0]} ({release}) | {emulator} | {cpu} | " + " | ".join(cols) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def matrix_html(kernels, modes, cells, title, qemus=("auto",), cpus=("",)):
-    artifacts = emulator_artifacts(cells)
-    rows = []
-    for row in _rows(kernels, qemus, cpus):
-        tds = []
-        release, emulator, cpu = _row_labels(row, modes, cells)
-        for mode in modes:
-            key = (row[0], mode, row[1], row[2])
-            s = cell_summary(cells.get(key))
-            state = "fail" if not s["verdict"].endswith(" 0 fail") else "pass"
-            notes = "".join(f"<br><b>{html.escape(text)}</b>" for text in artifacts.get(key, ()))
-            tds.append(f'<td class="{state}"><b>{html.escape(s["boot_el"])}</b><br>{html.escape(s["kvm"])}<br>'
-                       f'pVM create: {html.escape(s["create"])}<br>host read: {html.escape(s["host_read"])}<br>'
-                       f'after teardown: {html.escape(s["teardown"])}<br>'
-                       f'<small>{html.escape(s["verdict"])}</small>{notes}</td>')
-        rows.append(f"<tr><th>{html.escape(row[0])}<br><small>{html.escape(release)}</small></th>"
-                    f"<th>{html.escape(emulator)}</th><th>{html.escape(cpu)}</th>{''.join(tds)}</tr>")
-    head = "<th>QEMU</th><th>-cpu</th>" + "".join(f"<th>kvm-arm.mode={html.escape(m)}</th>" for m in modes)
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
-            "body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #999;padding:6px;"
-            "vertical-align:top}.pass{background:#d8f5d0}.fail{background:#f8d0d0}</style></head><body>"
-            f"<h1>{html.escape(title)}</h1><table><tr><th>kernel</th>{head}</tr>{''.join(rows)}</table>"
-            "</body></html>\n")
-
-
 def run_matrix(args):
     board = load_board(args.board)
     kernels = [k for k in args.kernels.split(",") if k]
@@ -234,26 +113,30 @@ def run_matrix(args):
                 note(f"matrix: {_cell_id(result['kernel'], result['mode'], result['qemu'], result['cpu'])}: "
                      f"exit {result['exit']} in {result['seconds']} s")
                 results.append(result)
-    cells = {(r["kernel"], r["mode"], r["qemu"], r["cpu"]): read_cell(r["run_dir"]) for r in results}
     wall = time.monotonic() - started
     title = f"pkvmlab matrix on {board.name}: {len(results)} boots in {wall:.0f} s"
     banner = ""
     if health is not None and health["exit"] != 0:
         banner = (f"**{board.name} failed its health check** (exit {health['exit']}): {health['message']}. "
-                  f"{len(results)} cells not run.\n\n")
-    table = matrix_markdown(kernels, modes, cells, qemus, cpus)
-    (matrix_dir / "matrix.md").write_text(f"# {title}\n\n{banner}{table}")
-    (matrix_dir / "matrix.html").write_text(matrix_html(kernels, modes, cells, title, qemus, cpus))
+                  f"{len(results)} cells not run.")
     inputs = [r["run_dir"] / "junit.xml" for r in results if (r["run_dir"] / "junit.xml").is_file()]
     if health is not None and health["exit"] != 0 and (health["run_dir"] / "junit.xml").is_file():
         inputs.insert(0, health["run_dir"] / "junit.xml")    # the failed check is the report's first cause
 
     from .report.merge import merge_junit
-    merge_junit(inputs, matrix_dir / "junit.xml")
+    merged = merge_junit(inputs, matrix_dir / "junit.xml")
     from .report.publish import HISTORY_NAME, publish_run
     # The cells recorded themselves in the history: publish the page only.
     for line in publish_run(matrix_dir / "junit.xml", reports / HISTORY_NAME, record=False):
         note(line.removeprefix("pkvmlab: "))
+    if (matrix_dir / "report.html").is_file():      # matrix.html: where earlier matrices had their table
+        shutil.copyfile(matrix_dir / "report.html", matrix_dir / "matrix.html")
+    from .report.markdown import render_markdown
+    if merged.written:
+        text = render_markdown(matrix_dir / "junit.xml", title, banner)
+    else:
+        text = f"# {title}\n\n{banner}\n\nno cell wrote a JUnit file\n"
+    (matrix_dir / "matrix.md").write_text(text)
     print((matrix_dir / "matrix.md").read_text())
     print(f"pkvmlab: matrix report {matrix_dir / 'junit.xml'}, table {matrix_dir / 'matrix.md'} ({wall:.0f} s)")
     from .outcome import run_exit_code

@@ -9,10 +9,14 @@ Jenkins' junit-10.xsd (the tests' own copy):
 * ``finding`` and ``strict``: a copy of the board file that lists ``teardown_min/protected`` as a known
   finding (with a reference) and no longer as an emulator artifact, run on the host's QEMU 7.2, where
   the protected guest's page survives teardown (README, "Known emulator artifacts"): waived, then
-  with PKVMLAB_STRICT_FINDINGS=1 failing.
+  with PKVMLAB_STRICT_FINDINGS=1 failing;
+* ``matrix``: ``pkvmlab matrix --kernels trixie-backports --modes protected --qemu host,auto`` (with
+  the host's QEMU 7.x): the merged file keeps the single run's keys for the board's own emulator, the
+  host's cell is a combination of its own, and its emulator artifacts are findings there too.
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -88,6 +92,9 @@ def runs(tmp_path_factory):
             jobs["strict"] = pool.submit(run, "strict", str(variant), "--qemu", "host",
                                          env={"PKVMLAB_STRICT_FINDINGS": "1"})
         procs = {name: job.result() for name, job in jobs.items()}
+    if old is not None:
+        procs["matrix"] = pkvmlab("matrix", "--kernels", "trixie-backports", "--modes", "protected",
+                                  "--qemu", "host,auto", "--reports", str(reports / "m"))
     return {"root": root, "reports": reports, "procs": procs, "old_qemu": old}
 
 
@@ -95,7 +102,10 @@ def junit(runs, name):
     proc = runs["procs"].get(name)
     if proc is None:
         pytest.skip("the host's qemu-system-aarch64 is not QEMU 7.x (the teardown leak the finding needs)")
-    path = runs["reports"] / name / "junit.xml"
+    if name == "matrix":
+        (path,) = (runs["reports"] / "m").glob("matrix-*/junit.xml")
+    else:
+        path = runs["reports"] / name / "junit.xml"
     assert path.is_file(), said(proc)
     SCHEMA.validate(str(path))
     return path, proc
@@ -172,28 +182,42 @@ def test_no_property_is_an_absolute_host_path(runs):
         assert p["ENV_CONFIG"] == "$PKVMLAB_ROOT/envs/qemu-virt.yaml"
 
 
+# The two checks the board file waives, with the reference each cites.  QEMU 7.2 leaks at teardown on
+# most boots, not all: of 10 protected hVHE boots on QEMU 7.2.22 on 2026-12-03, teardown_min passed on
+# 2, teardown on 3, both on 1.  Each test checks whichever of them the boot reproduced; a boot that
+# reproduced neither has no finding to show, and the test says so (skip).
+WAIVED_CHECKS = {"test_teardown_min[protected]": FINDING_REFERENCE,
+                 "test_teardown[protected]": "qemu-virt.yaml: expect.known_findings.teardown/protected"}
+
+
+def reproduced(suite, element):
+    """[(case, result element, its reference)] of the waived checks the boot reproduced (skip if none)."""
+    found = [(case, result, WAIVED_CHECKS[case.name]) for case in suite if case.name in WAIVED_CHECKS
+             for result in case.result if isinstance(result, element)]
+    if not found:
+        pytest.skip("QEMU 7.2 leaked at neither teardown check on this boot: no finding to show")
+    return found
+
+
 def test_a_known_finding_is_visibly_a_finding_and_does_not_fail(runs):
     path, proc = junit(runs, "finding")
     assert proc.returncode == 0, said(proc)
     (suite,) = JUnitXml.fromfile(str(path))
-    case = next(c for c in suite if c.name == "test_teardown_min[protected]")
-    (result,) = [r for r in case.result if isinstance(r, Skipped)]
-    assert result._elem.get("type") == "pkvmlab.finding"
-    assert result.message.startswith(f"FINDING (waived): known finding on qemu-virt: {FINDING_REASON} "
-                                     f"({FINDING_REFERENCE}); measured: ")
-    assert "survived teardown" in result.message
-    out = case.system_out
-    assert "known finding: waived, not failing" in out and f"reference = {FINDING_REFERENCE}" in out
-    assert "evidence = " in out and "guest_pattern" in out and "[[ATTACHMENT|console.log]]" in out
-    assert (path.parent / "console.log").is_file()
-    other = next(c for c in suite if c.name == "test_teardown[protected]")   # leaks on 2 of 3 boots
-    for result in other.result:
-        assert result._elem.get("type") == "pkvmlab.finding", result
-        assert "(qemu-virt.yaml: expect.known_findings.teardown/protected)" in result.message
-    # History and the HTML table count it as a finding (xfail), not as a skip.
+    found = reproduced(suite, Skipped)
     from pkvmlab.report.junit import XFAILED, load_suites
     (loaded,) = load_suites(path)
-    assert next(c for c in loaded.cases if c.name == case.name).outcome == XFAILED
+    for case, result, reference in found:
+        assert result._elem.get("type") == "pkvmlab.finding"
+        assert result.message.startswith(f"FINDING (waived): known finding on qemu-virt: {FINDING_REASON} "
+                                         f"({reference}); measured: ")
+        assert "survived teardown" in result.message
+        out = case.system_out
+        assert "known finding: waived, not failing" in out and f"reference = {reference}" in out
+        assert "evidence = " in out and "guest_pattern" in out and "[[ATTACHMENT|console.log]]" in out
+        # History and the HTML table count it as a finding (xfail, kind waived), not as a skip.
+        loaded_case = next(c for c in loaded.cases if c.name == case.name)
+        assert (loaded_case.outcome, loaded_case.kind) == (XFAILED, "waived")
+    assert (path.parent / "console.log").is_file()
 
 
 def test_strict_mode_fails_a_waived_finding_as_the_boards(runs):
@@ -201,12 +225,53 @@ def test_strict_mode_fails_a_waived_finding_as_the_boards(runs):
     assert proc.returncode == 1, said(proc)
     (suite,) = JUnitXml.fromfile(str(path))
     assert props(suite)["pkvmlab.strict_findings"] == "yes"
-    case = next(c for c in suite if c.name == "test_teardown_min[protected]")
-    (result,) = [r for r in case.result if isinstance(r, Failure)]
-    assert result._elem.get("type") == "pkvmlab.finding.waived"
-    assert result.message == f"waived finding: known finding on qemu-virt: {FINDING_REASON} ({FINDING_REFERENCE})"
-    assert "known finding: fails (strict mode)" in case.system_out
-    assert "[[ATTACHMENT|console.log]]" in case.system_out
+    found = reproduced(suite, Failure)
     from pkvmlab.report.junit import load_suites
     (loaded,) = load_suites(path)
-    assert next(c for c in loaded.cases if c.name == case.name).failure_class == "board"
+    for case, result, reference in found:
+        assert result._elem.get("type") == "pkvmlab.finding.waived"
+        assert result.message == f"waived finding: known finding on qemu-virt: {FINDING_REASON} ({reference})"
+        assert "known finding: fails (strict mode)" in case.system_out
+        assert "[[ATTACHMENT|console.log]]" in case.system_out
+        loaded_case = next(c for c in loaded.cases if c.name == case.name)
+        assert (loaded_case.failure_class, loaded_case.kind) == ("board", "finding")
+
+
+def test_a_matrix_keeps_the_single_runs_keys_and_tells_emulators_apart(runs):
+    single, _ = junit(runs, "single")
+    path, proc = junit(runs, "matrix")
+    assert proc.returncode == 0, said(proc)
+    suites = list(JUnitXml.fromfile(str(path)))
+    by_identity = {props(s)["pkvmlab.identity"]: s for s in suites}
+    assert set(by_identity) == {"qemu-virt.protected.max", "qemu-virt.protected.max.qemu-host"}
+    # The board's own emulator: the cell is the single run's combination, case for case.
+    assert [(c.classname, c.name) for c in by_identity["qemu-virt.protected.max"]] == keys(single)
+    host = by_identity["qemu-virt.protected.max.qemu-host"]
+    assert {c.classname.rsplit(".suites.", 1)[0] for c in host} == {"qemu-virt.protected.max.qemu-host"}
+    assert len(keys(path)) == len(set(keys(path)))      # GitLab counts a (classname, name) once
+    # What the cell measured is beside each case in the merged file too.
+    p = props(host)
+    for case in host:
+        for name, value in p.items():
+            if name.startswith(f"{case.name}.") and not name.endswith(".console_log"):
+                assert f"{name[len(case.name) + 1:]} = {' '.join(value.split())}" in case.system_out
+
+
+def test_a_matrix_artifact_reads_as_a_finding_in_junit_markdown_and_html(runs):
+    path, _ = junit(runs, "matrix")
+    host = next(s for s in JUnitXml.fromfile(str(path)) if props(s)["pkvmlab.identity"].endswith(".qemu-host"))
+    artifacts = [(case, r) for case in host for r in case.result if isinstance(r, Skipped)
+                 and r._elem.get("type") == "pkvmlab.finding.artifact"]
+    if not artifacts:     # see WAIVED_CHECKS: 1 boot in 10 reproduces neither
+        pytest.skip("QEMU 7.2 leaked at neither teardown check in the matrix's cell: no artifact to show")
+    table = (path.parent / "matrix.md").read_text()
+    page = (path.parent / "report.html").read_text()
+    for case, result in artifacts:
+        assert result.message.startswith("EMULATOR ARTIFACT (waived): emulator artifact, not the board's")
+        assert "emulator artifact: waived, not failing" in case.system_out
+        assert f"[[ATTACHMENT|{props(host)['pkvmlab.console_log']}]]" in case.system_out
+        # The table and the page compare the two emulators from the model, not from this message.
+        assert re.search(rf"emulator artifact: {re.escape(case.name)}: pass on qemu-1\d[.\d]+, "
+                         r"artifact on qemu-7[.\d]+", table), table
+        assert f'data-finding="artifact" data-suite="{host.name}" data-check="{case.name}"' in page
+    assert len(re.findall(r'<th scope="col"[^>]* data-column=', page)) == 2      # one column per combination

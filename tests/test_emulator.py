@@ -2,14 +2,17 @@
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from pkvmlab.boards import EmulatorArtifact, load_board, load_board_file
 from pkvmlab.errors import ConfigError
 from pkvmlab.images.emulator import query_version, resolve_emulator, version_tuple
-from pkvmlab.matrix import emulator_artifacts, split_cpus
+from pkvmlab.matrix import split_cpus
 from pkvmlab.plugin.run import with_cpu, with_kvm_mode
+from pkvmlab.report.junit import Case, Suite
+from pkvmlab.report.table import build_matrix, emulator_artifacts
 
 
 def test_auto_gives_a_qemu_at_least_the_boards_minimum():
@@ -74,20 +77,25 @@ def test_split_cpus_keeps_properties_with_their_model():
     assert split_cpus("") == []
 
 
-def _cell(emulator, outcomes):
-    return {"props": {"pkvmlab.emulator": emulator}, "outcomes": outcomes, "counts": {}, "name": "x"}
+def _suite(emulator, cpu, kinds, qemu=None):
+    """A matrix cell's suite as ``junit.load_suites`` reads it: identity, emulator and each check's kind."""
+    identity = "qemu-virt.protected." + cpu + (f".qemu-{qemu}" if qemu else "")
+    props = [("pkvmlab.identity", identity), ("pkvmlab.board", "qemu-virt"), ("pkvmlab.kvm_arm_mode", "protected"),
+             ("pkvmlab.kernel_release", "7.3.4+deb13-arm64"), ("pkvmlab.emulator", emulator), ("pkvmlab.cpu", cpu)]
+    cases = [Case(f"{identity}.suites.pvm.test_isolation", name, 0.0, "", kind=kind) for name, kind in kinds.items()]
+    return Suite(name=identity, source=Path("junit.xml"), property_list=props, cases=cases)
 
 
 def test_the_matrix_calls_a_check_that_only_one_emulator_fails_an_emulator_artifact():
-    old = ("trixie-backports", "protected", "host", "max")
-    new = ("trixie-backports", "protected", "auto", "max")
-    other_cpu = ("trixie-backports", "protected", "host", "cortex-a72")
-    cells = {old: _cell("qemu-7.2.22", {"test_teardown_min[protected]": "xfail", "test_boot_el": "pass"}),
-             new: _cell("qemu-10.0.2", {"test_teardown_min[protected]": "pass", "test_boot_el": "pass"}),
-             other_cpu: _cell("qemu-7.2.22", {"test_teardown_min[protected]": "failure"})}
-    notes = emulator_artifacts(cells)
-    assert notes == {old: ["emulator artifact: test_teardown_min[protected]: pass on qemu-10.0.2, "
-                           "xfail on qemu-7.2.22"]}
+    kinds = {"test_teardown_min[protected]": "artifact", "test_boot_el": "pass"}
+    suites = [_suite("qemu-7.2.22", "max", kinds, qemu="host"),
+              _suite("qemu-10.0.2", "max", {"test_teardown_min[protected]": "pass", "test_boot_el": "pass"}),
+              _suite("qemu-7.2.22", "cortex-a72", {"test_teardown_min[protected]": "fail"}, qemu="host")]
+    matrix = build_matrix(suites)
+    key = "suites.pvm.test_isolation::test_teardown_min[protected]"
+    assert emulator_artifacts(matrix) == {(key, 0): ["emulator artifact: test_teardown_min[protected]: pass on "
+                                                     "qemu-10.0.2, artifact on qemu-7.2.22"]}
+    assert matrix.rows[0].cells[0].notes and not matrix.rows[0].cells[2].notes   # other CPU: not compared
     # A check that fails on every emulator is not the emulator's.
-    cells[new]["outcomes"]["test_teardown_min[protected]"] = "failure"
-    assert emulator_artifacts(cells) == {}
+    suites[1].cases[0] = Case(suites[1].cases[0].classname, "test_teardown_min[protected]", 0.0, "", kind="fail")
+    assert emulator_artifacts(build_matrix(suites)) == {}

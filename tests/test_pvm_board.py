@@ -89,4 +89,4 @@ def test_matrix_writes_one_junit_and_a_table(tmp_path):
     protected = next(cell for cell in table.split(" | ") if "pVM create: ok" in cell)
     assert "after teardown: zeroed" in protected and " known" not in protected and ", 0 fail)" in protected, protected
     assert "| kernel | QEMU | -cpu |" in table
-    assert "<table>" in (matrix_dir / "matrix.html").read_text()
+    assert '<table class="matrix"' in (matrix_dir / "matrix.html").read_text()   # the report page (report.html)

@@ -168,3 +168,21 @@ def test_a_failing_tests_console_log_property_follows_the_merge(tmp_path):
     (suite,) = load_suites(lab)
     for name in ("pkvmlab.console_log", "test_x.console_log"):
         assert (lab.parent / suite.properties[name]).resolve() == (run / "console.log").resolve(), name
+
+
+def test_the_merged_time_is_the_wall_time_the_runs_span(tmp_path):
+    """Two real runs that overlapped (started together, as matrix cells do) and one after them: the
+    <testsuites> time runs from the first start to the last end, not the sum of the suites' times."""
+    import datetime
+    import xml.etree.ElementTree as ET
+    runs = Path(__file__).parent / "fixtures" / "runs"
+    inputs = [runs / name / "junit.xml" for name in ("virt-1", "finding", "virt-2")]
+    out = tmp_path / "lab.xml"
+    assert merge_junit(inputs, out).exit_code == 0
+    suites = ET.parse(out).getroot()
+    spans = [(datetime.datetime.fromisoformat(s.get("timestamp")), float(s.get("time")))
+             for s in suites.findall("testsuite")]
+    first = min(start for start, _ in spans)
+    wall = max((start - first).total_seconds() + seconds for start, seconds in spans)
+    assert float(suites.get("time")) == pytest.approx(wall, abs=0.002)
+    assert float(suites.get("time")) < sum(seconds for _, seconds in spans)    # virt-1 and finding overlapped

@@ -37,3 +37,24 @@ def test_a_bad_history_is_a_line_of_text_not_an_exception(tmp_path):
 def test_an_unreadable_junit_is_reported(tmp_path):
     lines = publish_run(tmp_path / "missing.xml", tmp_path / "history.sqlite")
     assert all("missing.xml" in line for line in lines) and len(lines) == 2
+
+
+def test_allure_categories_beside_the_junit_match_the_findings_messages(tmp_path):
+    """Allure matches a category's messageRegex against the whole message (Java's matches()): fullmatch."""
+    import json
+    import re
+
+    from pkvmlab.report.junit import load_suites
+    runs = Path(__file__).parent / "fixtures" / "runs"
+    for name in ("finding", "strict", "virt-host", "virt-1"):
+        shutil.copytree(runs / name, tmp_path / name)
+        publish_run(tmp_path / name / "junit.xml", tmp_path / "history.sqlite", record=False)
+        categories = json.loads((tmp_path / name / "categories.json").read_text())
+        status = {"waived": "skipped", "artifact": "skipped", "finding": "failed"}
+        (suite,) = load_suites(tmp_path / name / "junit.xml")
+        for case in suite.cases:
+            matched = [c["name"] for c in categories if status.get(case.kind) in c["matchedStatuses"]
+                       and re.fullmatch(c["messageRegex"], case.message, re.DOTALL)]
+            expected = {"waived": ["pkvmlab: finding (waived)"], "artifact": ["pkvmlab: emulator artifact (waived)"],
+                        "finding": ["pkvmlab: finding (strict mode)"]}.get(case.kind, [])
+            assert matched == expected, (name, case.name, case.kind)

@@ -267,7 +267,7 @@ def _classify(run, report, exc):
     finding = run.findings.get(report.nodeid)
     if finding is not None and finding.strict and report.when == "call":
         from ..outcome import BOARD, Outcome
-        from ..report.cases import STRICT_FINDING_TYPE
+        from ..report.record import STRICT_FINDING_TYPE
         outcome = Outcome(BOARD, finding.message, junit_type=STRICT_FINDING_TYPE)
     report._pkvmlab_outcome = outcome
     run.outcomes[(report.nodeid, report.when)] = outcome

@@ -241,7 +241,7 @@ class RunState:
     @property
     def identity(self):
         """The classname prefix of every test of this run (``pkvmlab.report.identity``)."""
-        from ..report.identity import identity_prefix
+        from ..report.record import identity_prefix
         return identity_prefix(self.board.name, self.board.kvm_arm_mode, cpu=self.cpu,
                                kernel_suite=self.kernel_suite_override, qemu=self.qemu_override)
 

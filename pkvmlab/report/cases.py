@@ -6,9 +6,10 @@ Jenkins) reads it right, since they read only ``classname``, ``name``, the resul
 ``type`` and ``message`` and the case's ``system-out``:
 
 * classnames carry the run's identity (``pkvmlab.report.identity``);
-* a waived check (a board's known finding, an emulator artifact) is
-  ``<skipped type="pkvmlab.finding" message="FINDING (waived): ...">`` (``EMULATOR ARTIFACT
-  (waived): ...`` for an artifact) with the evidence in its ``system-out``; in strict mode a known
+* a waived check is ``<skipped type="pkvmlab.finding" message="FINDING (waived): ...">`` for a
+  board's known finding, ``<skipped type="pkvmlab.finding.artifact" message="EMULATOR ARTIFACT
+  (waived): ...">`` for an emulator artifact (the types are the run-record contract's, ``record``:
+  readers go by the type, the message is for people), with the evidence in its ``system-out``; in strict mode a known
   finding is a ``<failure type="pkvmlab.finding.waived" message="waived finding: <reason>
   (<reference>)">`` instead (written by the suite, typed by the plugin);
 * each case's measured values are ``key = value`` lines in its ``system-out`` (per-testcase
@@ -23,9 +24,9 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-FINDING_TYPE = "pkvmlab.finding"                 # <skipped>: a waived failing check, non-failing
-STRICT_FINDING_TYPE = "pkvmlab.finding.waived"   # <failure>: the same, under --strict-findings
-PYTEST_XFAIL_TYPE = "pytest.xfail"
+from .identity import qualified_classname
+from .record import ARTIFACT_TYPE, FINDING_TYPE, PYTEST_XFAIL_TYPE, STRICT_FINDING_TYPE  # noqa: F401 - re-exported
+
 FINDING_PREFIX = "FINDING (waived): "
 ARTIFACT_PREFIX = "EMULATOR ARTIFACT (waived): "
 STRICT_PREFIX = "waived finding: "
@@ -42,6 +43,11 @@ class Finding:
     reference: str
     evidence: str      # what was measured (the verdict's message)
     strict: bool = False
+
+    @property
+    def junit_type(self):
+        """The ``<skipped>`` type of this waived check (``record``)."""
+        return ARTIFACT_TYPE if self.kind == "artifact" else FINDING_TYPE
 
     @property
     def message(self):
@@ -99,7 +105,7 @@ def finish_cases(data, identity, measured=None, findings=None, console_log=None,
         lines = []
         skipped = case.find("skipped")
         if skipped is not None and skipped.get("type") == PYTEST_XFAIL_TYPE:
-            skipped.set("type", FINDING_TYPE)
+            skipped.set("type", finding.junit_type if finding is not None else FINDING_TYPE)
             message = finding.message if finding is not None else skipped.get("message", "")
             if not message.startswith((FINDING_PREFIX, ARTIFACT_PREFIX)):
                 message = FINDING_PREFIX + message.removeprefix("reason: ")
@@ -118,16 +124,11 @@ def finish_cases(data, identity, measured=None, findings=None, console_log=None,
                 out.text = ""
             text = out.text or ""
             out.text = text + ("\n" if text and not text.endswith("\n") else "") + "\n".join([BANNER, *lines]) + "\n"
-        case.set("classname", _qualified(identity, case.get("classname") or ""))
+        case.set("classname", qualified_classname(identity, case.get("classname") or ""))
     if run_dir is not None:
         for prop in root.iter("property"):
             prop.set("value", portable_path(prop.get("value"), Path(run_dir), roots))
     return b'<?xml version="1.0" encoding="utf-8"?>' + ET.tostring(root, encoding="utf-8")
-
-
-def _qualified(identity, classname):
-    from .identity import qualified_classname
-    return qualified_classname(identity, classname)
 
 
 def _one_line(value):

@@ -1,26 +1,57 @@
-"""Inline SVG line charts for the trend view: no JavaScript, no external assets.
+"""Line charts for the trend view, as geometry: the SVG itself is written by ``templates/chart.svg.j2``.
 
-A lab page is mailed, archived and opened from CI artefacts offline, so the
-charts are plain SVG inside the HTML; each point carries a ``<title>`` that a
-browser shows on hover (run, value).
+A lab page is mailed, archived and opened from CI artefacts offline, so the charts are plain inline
+SVG (no JavaScript); each point carries a hover text (run, value).  Here only the numbers are worked
+out, so a chart can be tested without parsing SVG.
 """
 
-from html import escape
+from dataclasses import dataclass, field
 
 PALETTE = ("#1f6fb2", "#d9534f", "#2e8b57", "#8e44ad", "#e67e22", "#16a085", "#7f8c8d", "#c0392b")
 WIDTH, HEIGHT, LEFT, RIGHT, TOP, BOTTOM = 560, 190, 48, 40, 14, 24
 
 
-def line_chart(title, series, y_label, y_max=None, y_format="{:.2f}"):
-    """An SVG chart of ``series``: {name: [(x_label, y or None, hover text)]}, x = position in time order.
+@dataclass
+class Series:
+    name: str
+    colour: str
+    points: list            # [(x px, y px, hover text)]
 
-    All series share the x positions of the union of their x labels (sorted), so
-    two kernels on the same board line up by run.
+    @property
+    def polyline(self):
+        return " ".join(f"{x:.1f},{y:.1f}" for x, y, _ in self.points) if len(self.points) > 1 else ""
+
+
+@dataclass
+class Chart:
+    title: str
+    y_label: str
+    ticks: list = field(default_factory=list)     # [(y px, text)]
+    x_ticks: list = field(default_factory=list)   # [(x px, text)]
+    series: list = field(default_factory=list)    # [Series]
+    width: int = WIDTH
+    height: int = HEIGHT
+    left: int = LEFT
+    top: int = TOP
+    bottom_y: int = HEIGHT - BOTTOM
+    right_x: int = WIDTH - RIGHT
+
+    @property
+    def empty(self):
+        return not self.series
+
+
+def line_chart(title, series, y_label, y_max=None, y_format="{:.2f}"):
+    """A ``Chart`` of ``series``: {name: [(x_label, y or None, hover text)]}, x = position in time order.
+
+    All series share the x positions of the union of their x labels (sorted), so two kernels on the
+    same board line up by run.  A chart without values is ``empty``.
     """
+    chart = Chart(title=title, y_label=y_label)
     xs = sorted({x for points in series.values() for x, _, _ in points})
     values = [y for points in series.values() for _, y, _ in points if y is not None]
     if not xs or not values:
-        return f'<p class="empty">{escape(title)}: no data yet</p>'
+        return chart
     top = y_max if y_max is not None else max(values) * 1.15 or 1.0
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 
@@ -30,35 +61,12 @@ def line_chart(title, series, y_label, y_max=None, y_format="{:.2f}"):
     def py(y):
         return TOP + plot_h - (y / top) * plot_h
 
-    parts = [f'<svg class="plot" role="img" aria-label="{escape(title)}" viewBox="0 0 {WIDTH} {HEIGHT}" '
-             f'width="{WIDTH}" height="{HEIGHT}" xmlns="http://www.w3.org/2000/svg">',
-             f"<title>{escape(title)}</title>",
-             f'<line x1="{LEFT}" y1="{TOP + plot_h}" x2="{WIDTH - RIGHT}" y2="{TOP + plot_h}" stroke="#888"/>',
-             f'<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{TOP + plot_h}" stroke="#888"/>']
-    for fraction in (0, 0.5, 1):
-        y = top * fraction
-        parts.append(f'<text x="{LEFT - 4}" y="{py(y) + 4:.1f}" text-anchor="end" class="tick">'
-                     f"{escape(y_format.format(y))}</text>")
-    parts.append(f'<text x="4" y="{TOP + 4}" class="tick">{escape(y_label)}</text>')
-    for x in (xs[0], xs[-1]) if len(xs) > 1 else (xs[0],):
-        parts.append(f'<text x="{px(x):.1f}" y="{HEIGHT - 8}" text-anchor="middle" class="tick">'
-                     f"{escape(_short(x))}</text>")
-    legend = []
+    chart.ticks = [(py(top * f) + 4, y_format.format(top * f)) for f in (0, 0.5, 1)]
+    chart.x_ticks = [(px(x), _short(x)) for x in ((xs[0], xs[-1]) if len(xs) > 1 else (xs[0],))]
     for number, (name, points) in enumerate(sorted(series.items())):
-        colour = PALETTE[number % len(PALETTE)]
         coords = [(px(x), py(y), text) for x, y, text in sorted(points, key=lambda p: p[0]) if y is not None]
-        if len(coords) > 1:
-            path = " ".join(f"{cx:.1f},{cy:.1f}" for cx, cy, _ in coords)
-            parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{path}"/>')
-        for cx, cy, text in coords:
-            parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="3.5" fill="{colour}" '
-                         f'data-series="{escape(name)}">'
-                         f"<title>{escape(text)}</title></circle>")
-        legend.append(f'<li><span style="color:{colour}">&#9632;</span> {escape(name)}</li>')
-    parts.append("</svg>")
-    return (f'<figure class="chart" data-chart="{escape(title)}">{"".join(parts)}'
-            f'<ul class="legend">{"".join(legend)}</ul></figure>')
-
+        chart.series.append(Series(name=name, colour=PALETTE[number % len(PALETTE)], points=coords))
+    return chart
 
 
 def _short(x):

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .junit import ERROR, FAILED, PASSED, SKIPPED, XFAILED, load_suites
+from .table import column_key
 
-SCHEMA_VERSION = 3   # 2: runs.xfailed (known findings counted apart from skips); 3: runs.interrupted, results.class
+SCHEMA_VERSION = 4   # 2: runs.xfailed (known findings counted apart from skips); 3: runs.interrupted, results.class;
+# 4: runs.identity (the combination, ``record.IDENTITY``) and results.kind (``record.KINDS``)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT NOT NULL,
@@ -35,6 +37,7 @@ CREATE TABLE IF NOT EXISTS runs (
     skipped INTEGER NOT NULL,
     xfailed INTEGER NOT NULL DEFAULT 0,
     interrupted TEXT,                 -- the signal that ended the run (SIGTERM...), NULL if it ran to the end
+    identity TEXT,                    -- the combination's identity (report.record.IDENTITY), the page's column
     PRIMARY KEY (run_id, suite)
 );
 CREATE TABLE IF NOT EXISTS results (
@@ -45,6 +48,7 @@ CREATE TABLE IF NOT EXISTS results (
     seconds REAL,
     message TEXT,
     class TEXT,                       -- failure class: board, configuration, infrastructure, harness, interrupted
+    kind TEXT,                        -- outcome kind (report.record.KINDS): pass, fail, finding, waived, artifact...
     PRIMARY KEY (run_id, suite, test)
 );
 CREATE INDEX IF NOT EXISTS results_by_test ON results (suite, test);
@@ -100,8 +104,13 @@ def connect(db_path):
             conn.execute("ALTER TABLE runs ADD COLUMN xfailed INTEGER NOT NULL DEFAULT 0")
         if "interrupted" not in columns:   # a version 1 or 2 history
             conn.execute("ALTER TABLE runs ADD COLUMN interrupted TEXT")
-        if "class" not in {row[1] for row in conn.execute("PRAGMA table_info(results)")}:
+        if "identity" not in columns:   # version 1 to 3
+            conn.execute("ALTER TABLE runs ADD COLUMN identity TEXT")
+        results = {row[1] for row in conn.execute("PRAGMA table_info(results)")}
+        if "class" not in results:
             conn.execute("ALTER TABLE results ADD COLUMN class TEXT")
+        if "kind" not in results:
+            conn.execute("ALTER TABLE results ADD COLUMN kind TEXT")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         yield conn
     finally:
@@ -126,20 +135,20 @@ def record_run(db_path, junit_path):
                            interrupted=suite.prop("interrupted") or None)
         points.append(point)
         results = [(run_id, combination, _plain_test_id(case, suite), case.outcome, case.time,
-                    case.message[:500], case.failure_class) for case in suite.cases]
+                    case.message[:500], case.failure_class, case.kind) for case in suite.cases]
         rows.append((point, suite, results))
     with connect(db_path) as conn, conn:
         for point, suite, results in rows:
             conn.execute("DELETE FROM results WHERE run_id = ? AND suite = ?", (point.run_id, point.suite))
             conn.execute("INSERT OR REPLACE INTO runs (run_id, suite, board, kernel_release, kvm_arm_mode,"
                          " kvm_mode, boot_el, boot_seconds, started, source, passed, failed, errors, skipped,"
-                         " xfailed, interrupted) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                         " xfailed, interrupted, identity) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                          (point.run_id, point.suite, point.board, suite.prop("kernel_release"),
                           suite.prop("kvm_arm_mode"), suite.prop("kvm_mode"), suite.prop("boot_el"),
                           point.boot_seconds, point.started, str(junit_path), point.passed, point.failed,
-                          point.errors, point.skipped, point.xfailed, point.interrupted))
+                          point.errors, point.skipped, point.xfailed, point.interrupted, column_key(suite)))
             conn.executemany("INSERT OR REPLACE INTO results (run_id, suite, test, outcome, seconds, message,"
-                             " class) VALUES (?,?,?,?,?,?,?)", results)
+                             " class, kind) VALUES (?,?,?,?,?,?,?,?)", results)
     return points
 
 
@@ -177,6 +186,32 @@ def flaky_tests(db_path, window=20):
         if flips:
             found.append(Flaky(suite=suite, test=test, flips=flips, history=tuple(history)))
     return sorted(found, key=lambda f: (-f.flips, f.suite, f.test))
+
+
+def check_history(db_path, column_keys, window=20):
+    """{(column key, test): [table.Point]} oldest first: each check's last ``window`` runs per combination.
+
+    The column key is the run's identity (``table.column_key``), so the page shows a check's history
+    across kernel upgrades within its combination; rows recorded before schema 4 have none and are
+    not found.  Rows without a kind (schema 3) get the one of their status.
+    """
+    from .table import Point
+    wanted = set(column_keys)
+    found = {}
+    if not wanted:
+        return found
+    query = ("SELECT runs.identity, r.test, r.run_id, runs.started, runs.kernel_release, r.outcome, r.kind"
+             " FROM results r JOIN runs USING (run_id, suite) WHERE runs.identity IS NOT NULL"
+             " ORDER BY runs.started")
+    with connect(db_path) as conn:
+        for identity, test, run_id, started, kernel, outcome, kind in conn.execute(query):
+            if identity in wanted:
+                found.setdefault((identity, test), []).append(
+                    Point(run_id, started, kernel or "", kind or _KIND_OF_STATUS.get(outcome, outcome)))
+    return {key: points[-window:] for key, points in found.items()}
+
+
+_KIND_OF_STATUS = {PASSED: "pass", FAILED: "fail", ERROR: "error", XFAILED: "waived", SKIPPED: "skip"}
 
 
 def _recent_runs(conn, window):

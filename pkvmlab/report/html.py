@@ -1,207 +1,150 @@
-"""One self-contained HTML page per run or per merged lab report.
+"""One self-contained HTML page per run or per merged lab report, from ``templates/report.html.j2``.
 
-Everything is inline (CSS, SVG charts; no script, no fonts, no images) so the
-page opens from a CI artefact, a mail or an archive offline and looks the same
-in ten years.  Read top-down: the outcome counts; the matrix from ``table``
-(checks x board/kernel/mode, coloured and labelled so it reads without colour
-too) headed by the measured facts (boot EL, KVM mode, boot seconds, what the
-EL probe saw) and the console log links; the reasons of skips and known
-findings as numbered notes the cells point to; each failure with its message
-and console excerpt; where each column came from; and, given the history
+Everything is inline (CSS, SVG charts; no script, no fonts, no images) so the page opens from a CI
+artefact, a mail or an archive offline and looks the same in ten years.  Read top-down: the latest
+outcome counts by kind; the findings and waivers, called out; the matrix from ``table`` (checks ×
+board/kernel/mode combinations, one column per combination however many runs it had), each cell
+with its latest outcome, what it measured, its history strip (one mark per run, oldest first, a bar
+where the kernel release changed) and a flaky mark; the reasons of skips and findings as numbered
+notes; each failure with its message and console excerpt; every run; and, given the history
 database, boot time and pass rate per board over time and the tests that flip.
+
+This module only gathers what the template shows (no markup is built here); Jinja2 escapes every
+value of the HTML and SVG templates (``autoescape``; the Markdown one is not HTML).
 """
 
 import datetime
 import os
 import re
-from html import escape
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
 from . import history as history_db
+from . import record
 from .atomic import atomic_write_text
 from .charts import line_chart
-from .junit import ERROR, FAILED, OUTCOMES, PASSED, SKIPPED, XFAILED, load_suites
+from .junit import load_suites
 from .table import build_matrix
 
-LABELS = {PASSED: "pass", FAILED: "FAIL", ERROR: "ERROR", XFAILED: "known", SKIPPED: "skip", "missing": "—"}
-NAMES = {PASSED: "passed", FAILED: "failed", ERROR: "errors", XFAILED: "known findings (xfail)",
-         SKIPPED: "skipped"}
 CONSOLE_LINES = 40   # failing cases carry a trimmed console already; show its tail
 MEASURED_CHARS = 60  # one measured value per cell, cut to this; the cell's tooltip has them all
+LABELS = {**{name: info.label for name, info in record.KINDS.items()}, record.MISSING: "—"}
+NAMES = {record.PASS: "passed", record.FAIL: "failed", record.FINDING: "findings (strict)",
+         record.ERROR_KIND: "errors", record.INTERRUPTED: "interrupted", record.WAIVED: "waived findings",
+         record.ARTIFACT: "emulator artifacts", record.SKIP: "skipped"}
 
-CSS = """
-body{font:14px/1.4 system-ui,sans-serif;margin:1.2em;color:#1b1b1b;background:#fff}
-h1{font-size:1.4em;margin:0 0 .2em}h2{font-size:1.15em;margin:1.4em 0 .4em}h3{font-size:1em;margin:1em 0 .3em}
-.meta{color:#555;margin:0 0 .8em}
-.summary span{display:inline-block;padding:.15em .7em;margin-right:.4em;border-radius:3px;font-weight:600}
-.summary span.zero{opacity:.45;font-weight:400}
-table{border-collapse:collapse}th,td{border:1px solid #bbb;padding:.25em .45em;vertical-align:top;text-align:left}
-thead th{background:#f1f1f1;font-weight:600}.matrix th.check{white-space:nowrap;font-weight:500}
-.matrix thead th.col{min-width:9em;max-width:16em}.matrix thead .kernel,.matrix thead .mode{font-weight:400}
-.matrix thead .run{font:11px ui-monospace,monospace;font-weight:400;color:#666;overflow-wrap:anywhere}
-.matrix .fact td.none{color:#999;font-weight:400}
-.matrix thead .verdict{margin-top:.3em;padding:.1em .3em;border-radius:3px;font-size:12px;font-weight:600}
-.matrix thead .col-ok .verdict{background:#c9efc4}.matrix thead .col-bad .verdict{background:#f5b8b8}
-.matrix .group th{background:#fafafa;color:#555;font-size:.85em;text-transform:uppercase;letter-spacing:.05em}
-.matrix .fact th,.matrix .fact td{background:#f4f7fb;font-size:.92em}.matrix .fact td{font-weight:600}
-td.cell{min-width:7em;max-width:16em}.outcome{font-weight:700}
-.passed{background:#c9efc4}.failed{background:#f5b8b8}.error{background:#f7d08a}
-.xfailed{background:#e6d9f5}.skipped{background:#e6e6e6;color:#333}.missing{background:#fff;color:#999}
-sup{font-weight:600}sup a{color:#333}
-.measured{font:12px ui-monospace,monospace;color:#234;overflow-wrap:anywhere}
-.reason{font-size:12px;color:#5a0000}
-.notes{font-size:13px;padding-left:2.2em;margin:.6em 0}.notes li{margin:.2em 0}
-.notes .tag{display:inline-block;padding:0 .4em;border-radius:3px;font-weight:600;margin-right:.3em}
-.notes .where{color:#555}
-pre{background:#f6f6f6;border:1px solid #ddd;padding:.5em;overflow:auto;max-height:24em;font-size:12px}
-.runs td,.runs th{font-size:12px}
-.chart .tick{font-size:10px;fill:#555}
-.legend{list-style:none;padding:0;margin:.2em 0 0 3em;font-size:12px}
-figure{margin:0}.charts{display:flex;flex-wrap:wrap;gap:1em}.empty{color:#777}
-.flaky span{display:inline-block;padding:0 .3em;margin:0 .1em;border-radius:2px;font-size:12px}
-"""
+
+def environment():
+    """The Jinja2 environment of the report templates (package data: ``pkvmlab/report/templates``)."""
+    env = Environment(loader=PackageLoader("pkvmlab.report", "templates"),
+                      autoescape=select_autoescape(("html.j2", "svg.j2"), default_for_string=True, default=False),
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters["cut"] = _cut
+    env.filters["first_line"] = _first_line
+    env.globals.update(LABELS=LABELS, NAMES=NAMES, KINDS=record.KINDS, headline=headline, tooltip=tooltip)
+    return env
 
 
 def render_html(junit_path, output=None, history=None, title=None):
     """Write the report page for ``junit_path`` (default ``<dir>/report.html``); returns its path.
 
-    ``history`` is a history database path; the trend view is left out without one.
+    ``history`` is a history database path: it adds each check's earlier runs and the trend view.
     """
     junit_path = Path(junit_path)
     output = Path(output) if output else junit_path.parent / "report.html"
-    page = build_page(junit_path, output, history, title)
-    atomic_write_text(output, page)
+    atomic_write_text(output, build_page(junit_path, output, history, title))
     return output
 
 
 def build_page(junit_path, output, history=None, title=None):
     """The page as text (no I/O besides reading the inputs)."""
+    return environment().get_template("report.html.j2").render(
+        page=page_model(junit_path, output, history, title))
+
+
+@dataclass
+class Page:
+    """What the template shows."""
+
+    title: str
+    junit_href: str
+    junit_name: str
+    boards: list
+    generated: str
+    matrix: object
+    totals: dict
+    notes: list          # [Note]
+    note_of: dict        # (row key, column position) -> note number
+    failures: list       # [Failure]
+    failure_of: dict     # (row key, column position) -> anchor
+    href: object         # path -> link relative to the page
+    trends: object = None
+    history_path: str = ""
+    findings: list = field(default_factory=list)
+    fact_labels: list = field(default_factory=list)     # the fact rows, in order of first appearance
+    detail_labels: list = field(default_factory=list)   # the runs table's columns
+
+
+@dataclass
+class Note:
+    number: int
+    kind: str
+    message: str
+    where: list          # [(column title, [check labels])]
+
+
+@dataclass
+class Failure:
+    anchor: str
+    column: object
+    row: object
+    cell: object
+    console: str
+    log: str
+
+
+@dataclass
+class Trends:
+    points: int
+    boards: list         # [(board, runs, [Chart, Chart])]
+    flaky: list          # [history.Flaky]
+
+
+def page_model(junit_path, output, history=None, title=None):
+    """The ``Page`` for ``junit_path`` rendered to ``output`` (``history``: a database path or None)."""
+    junit_path, here = Path(junit_path), Path(output).parent
     suites = load_suites(junit_path)
-    matrix = build_matrix(suites)
+    past = None
+    db = Path(history) if history is not None else None
+    if db is not None and db.is_file():
+        from .table import column_key
+        past = history_db.check_history(db, {column_key(s) for s in suites})
+    matrix = build_matrix(suites, past=past)
     boards = sorted({c.board for c in matrix.columns})
     title = title or (f"pkvmlab: {matrix.columns[0].title}" if len(matrix.columns) == 1
                       else f"pkvmlab lab report: {len(matrix.columns)} board/kernel/mode combinations")
-    here = output.parent
-    generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    notes = _Notes(matrix)
-    failures = _failure_ids(matrix)
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             '<meta name="viewport" content="width=device-width,initial-scale=1">',
-             f"<title>{escape(title)}</title><style>{CSS}</style></head><body>",
-             f"<h1>{escape(title)}</h1>",
-             f'<p class="meta">From <a href="{escape(_href(junit_path, here))}">{escape(junit_path.name)}</a>, '
-             f"boards: {escape(', '.join(boards))}; generated {generated}.</p>",
-             _summary(matrix), _matrix_table(matrix, here, notes, failures), notes.html(),
-             _failures(matrix, here, failures), _runs(matrix, here)]
-    if history is not None:
-        parts.append(_trends(Path(history), boards))
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
+    notes, note_of = _notes(matrix)
+    failures, failure_of = _failures(matrix, here)
+
+    def href(path):
+        return _href(path, here)
+    page = Page(title=title, junit_href=href(junit_path), junit_name=junit_path.name, boards=boards,
+                generated=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                matrix=matrix, totals=matrix.totals(), notes=notes, note_of=note_of, failures=failures,
+                failure_of=failure_of, href=href, findings=matrix.findings(),
+                fact_labels=list(dict.fromkeys(label for c in matrix.columns for label in c.facts)),
+                detail_labels=list(dict.fromkeys(label for _, r in matrix.runs() for label in r.details)))
+    if db is not None:
+        page.history_path = str(db)
+        page.trends = _trends(db, boards) if db.is_file() else None
+    return page
 
 
-def _summary(matrix):
-    totals = matrix.totals()
-    spans = "".join(f'<span class="{o}{"" if totals[o] else " zero"}" data-total="{o}">{totals[o]} {NAMES[o]}'
-                    "</span>" for o in OUTCOMES)
-    return f'<p class="summary">{spans}</p>'
-
-
-class _Notes:
-    """Skip reasons and known findings, numbered once per distinct text; cells point to them."""
-
-    def __init__(self, matrix):
-        self.matrix = matrix
-        self.numbers = {}    # (outcome, message) -> number
-        self.where = {}      # number -> {column title: [check labels]}
-        for row in matrix.rows:
-            for cell, column in zip(row.cells, matrix.columns, strict=True):
-                if cell.outcome in (SKIPPED, XFAILED):
-                    number = self.numbers.setdefault((cell.outcome, cell.message.strip()), len(self.numbers) + 1)
-                    self.where.setdefault(number, {}).setdefault(column.title, []).append(row.label)
-
-    def ref(self, cell):
-        number = self.numbers.get((cell.outcome, cell.message.strip()))
-        return "" if number is None else f'<sup><a href="#note-{number}">{number}</a></sup>'
-
-    def html(self):
-        if not self.numbers:
-            return ""
-        items = []
-        for (outcome, message), number in self.numbers.items():
-            where = "; ".join(f"{escape(title)}: " + (escape(checks[0]) if len(checks) == 1
-                                                       else f"{len(checks)} checks")
-                              for title, checks in self.where[number].items())
-            text = message or "(no reason given)"
-            items.append(f'<li id="note-{number}" value="{number}" data-note="{number}" data-outcome="{outcome}">'
-                         f'<span class="tag {outcome}">{LABELS[outcome]}</span>{escape(text)} '
-                         f'<span class="where">— {where}</span></li>')
-        return ('<h3>Why skipped, and known findings</h3><ol class="notes" id="notes">'
-                + "".join(items) + "</ol>")
-
-
-def _failure_ids(matrix):
-    """(row key, column index) -> anchor of the failure's entry, for failed and errored cells."""
-    ids = {}
-    for row in matrix.rows:
-        for position, cell in enumerate(row.cells):
-            if cell.outcome in (FAILED, ERROR):
-                ids[(row.key, position)] = f"failure-{len(ids) + 1}"
-    return ids
-
-
-def _matrix_table(matrix, here, notes, failures):
-    head = []
-    for c in matrix.columns:
-        counts = c.counts
-        verdict = " · ".join(f"{counts[o]} {LABELS[o].lower()}" for o in OUTCOMES if counts.get(o)) or "no tests"
-        head.append(f'<th scope="col" class="col {"col-bad" if c.bad else "col-ok"}" data-suite="{escape(c.title)}">'
-                    f'<div class="board">{escape(c.board)}</div><div class="kernel">{escape(c.kernel)}</div>'
-                    f'<div class="mode">kvm-arm.mode={escape(c.mode)}</div>'
-                    f'<div class="run" title="run {escape(c.details.get("run", ""))}">'
-                    f'{escape(_cut(c.details.get("run", ""), 40))}</div>'
-                    f'<div class="verdict">{escape(verdict)}</div></th>')
-    rows = [f'<h2>Matrix</h2><table class="matrix" id="matrix"><thead><tr><th>check</th>{"".join(head)}'
-            "</tr></thead><tbody>"]
-    labels = [label for c in matrix.columns for label in c.facts]
-    for label in dict.fromkeys(labels):
-        cells = "".join(f'<td data-fact="{escape(label)}" data-suite="{escape(c.title)}">'
-                        f"{escape(c.facts[label])}</td>" if label in c.facts else
-                        f'<td data-fact="{escape(label)}" data-suite="{escape(c.title)}" class="none" '
-                        'title="not measured in this run">—</td>' for c in matrix.columns)
-        rows.append(f'<tr class="fact"><th scope="row">{escape(label)}</th>{cells}</tr>')
-    logs = "".join(f'<td><a href="{escape(_href(c.log_path, here))}">console log</a></td>' if c.log_path
-                   else "<td></td>" for c in matrix.columns)
-    rows.append(f'<tr class="fact"><th scope="row">logs</th>{logs}</tr>')
-    group = None
-    for row in matrix.rows:
-        if row.group != group:
-            group = row.group
-            rows.append(f'<tr class="group"><th colspan="{len(matrix.columns) + 1}">{escape(group)}</th></tr>')
-        cells = "".join(_cell(row, cell, column, notes, failures.get((row.key, position)))
-                        for position, (cell, column) in enumerate(zip(row.cells, matrix.columns, strict=True)))
-        rows.append(f'<tr class="check"><th scope="row" class="check" title="{escape(row.key)}">'
-                    f"{escape(row.label)}</th>{cells}</tr>")
-    rows.append("</tbody></table>")
-    return "\n".join(rows)
-
-
-def _cell(row, cell, column, notes, failure_id):
-    body = [f'<span class="outcome">{LABELS[cell.outcome]}</span>{notes.ref(cell)}']
-    shown = _headline(cell)
-    if shown:
-        body.append(f'<div class="measured">{escape(_cut(shown))}</div>')
-    if cell.outcome in (FAILED, ERROR):
-        body.append(f'<div class="reason">{escape(_cut(_first_line(cell.message), 120))}</div>')
-        if failure_id:
-            body.append(f'<div><a href="#{failure_id}">console and traceback</a></div>')
-    tooltip = "\n".join([cell.message.strip(), *(f"{k} = {v}" for k, v in cell.measured.items())]).strip()
-    return (f'<td class="cell {cell.outcome}" data-outcome="{cell.outcome}" data-check="{escape(row.label)}" '
-            f'data-suite="{escape(column.title)}" title="{escape(tooltip)}">{"".join(body)}</td>')
-
-
-def _headline(cell):
+def headline(cell):
     """The one measured value a cell shows: the probe's ``outcome`` if any, else the first value."""
-    if cell.outcome in (SKIPPED, "missing") or not cell.measured:
+    if cell.outcome in (record.SKIPPED, record.MISSING) or not cell.measured:
         return ""
     if "outcome" in cell.measured:
         return cell.measured["outcome"]
@@ -209,54 +152,44 @@ def _headline(cell):
     return f"{key}={value}"
 
 
-def _failures(matrix, here, failures):
-    items = []
+def tooltip(cell):
+    return "\n".join([cell.message.strip(), *(f"{k} = {v}" for k, v in cell.measured.items())]).strip()
+
+
+def _notes(matrix):
+    """Skip reasons and findings, numbered once per distinct text; cells point to them."""
+    numbers, where, note_of = {}, {}, {}
     for row in matrix.rows:
         for position, (cell, column) in enumerate(zip(row.cells, matrix.columns, strict=True)):
-            anchor = failures.get((row.key, position))
-            if anchor is None:
+            if cell.outcome in (record.SKIPPED, record.XFAILED) or cell.kind == record.FINDING:
+                number = numbers.setdefault((cell.kind, cell.message.strip()), len(numbers) + 1)
+                where.setdefault(number, {}).setdefault(column.title, []).append(row.label)
+                note_of[(row.key, position)] = number
+    notes = [Note(number, kind, message or "(no reason given)", list(where[number].items()))
+             for (kind, message), number in numbers.items()]
+    return notes, note_of
+
+
+def _failures(matrix, here):
+    items, anchors = [], {}
+    for row in matrix.rows:
+        for position, (cell, column) in enumerate(zip(row.cells, matrix.columns, strict=True)):
+            if cell.outcome not in (record.FAILED, record.ERROR):
                 continue
-            console = "\n".join(_console_lines(cell.system_out)[-CONSOLE_LINES:])
+            anchor = anchors[(row.key, position)] = f"failure-{len(anchors) + 1}"
             log = cell.log_path or column.log_path
-            link = f' (<a href="{escape(_href(log, here))}">full console log</a>)' if log else ""
-            items.append(
-                f'<li id="{anchor}" class="{cell.outcome}-item" data-suite="{escape(column.title)}" '
-                f'data-check="{escape(row.label)}" data-class="{escape(cell.failure_class)}">'
-                f"<b>{escape(column.title)}</b> · {escape(row.label)}: "
-                + (f'<span class="tag class-{escape(cell.failure_class)}">{escape(cell.failure_class)}</span> '
-                   if cell.failure_class else "")
-                + f"{escape(_first_line(cell.message))}{link}"
-                + (f'<details open><summary>console</summary><pre class="console">{escape(console)}</pre></details>'
-                   if console else "")
-                + (f"<details><summary>traceback</summary><pre>{escape(cell.detail)}</pre></details>"
-                   if cell.detail else "") + "</li>")
-    if not items:
-        return '<h2>Failures</h2><p class="empty">none</p>'
-    return '<h2>Failures</h2><ul class="failures">' + "".join(items) + "</ul>"
-
-
-def _runs(matrix, here):
-    labels = list(dict.fromkeys(label for c in matrix.columns for label in c.details))
-    head = "".join(f"<th>{escape(label)}</th>" for label in ["board/kernel/mode", *labels, "JUnit"])
-    rows = []
-    for c in matrix.columns:
-        cells = "".join(f"<td>{escape(c.details.get(label, ''))}</td>" for label in labels)
-        junit = f'<a href="{escape(_href(c.junit_path, here))}">{escape(Path(c.junit_path).name)}</a>'
-        rows.append(f"<tr><td>{escape(c.title)}</td>{cells}<td>{junit}</td></tr>")
-    return (f'<h2>Runs</h2><table class="runs" id="runs"><thead><tr>{head}</tr></thead><tbody>'
-            + "".join(rows) + "</tbody></table>")
+            items.append(Failure(anchor=anchor, column=column, row=row, cell=cell,
+                                 console="\n".join(_console_lines(cell.system_out)[-CONSOLE_LINES:]),
+                                 log=_href(log, here) if log else ""))
+    return items, anchors
 
 
 def _trends(db_path, boards):
-    if not db_path.is_file():
-        return f'<h2>Trends</h2><p class="empty">no history at {escape(str(db_path))} yet</p>'
     points = history_db.board_trend(db_path)
-    flaky = history_db.flaky_tests(db_path)
-    parts = [f'<h2>Trends</h2><p class="meta">From {escape(str(db_path))}: {len(points)} recorded board runs.</p>']
+    per_board = []
     for board in sorted({p.board for p in points}, key=lambda b: (b not in boards, b)):
         mine = [p for p in points if p.board == board]
-        boot = {}
-        rate = {}
+        boot, rate = {}, {}
         for p in mine:
             series = p.suite.split("/", 1)[-1]
             boot.setdefault(series, []).append((p.started, p.boot_seconds, f"{p.run_id}: {p.boot_seconds} s"))
@@ -264,28 +197,10 @@ def _trends(db_path, boards):
             rate.setdefault(series, []).append((p.started, value, f"{p.run_id}: {p.passed} passed, {p.failed} "
                                                                   f"failed, {p.errors} errors, {p.xfailed} known, "
                                                                   f"{p.skipped} skipped"))
-        runs = len({p.run_id for p in mine})
-        parts.append(f'<h3>{escape(board)} <span class="meta">({runs} run{"s" if runs != 1 else ""})</span></h3>'
-                     f'<div class="charts" data-board="{escape(board)}">'
-                     + line_chart(f"{board}: boot seconds", boot, "s")
-                     + line_chart(f"{board}: pass rate", rate, "%", y_max=100, y_format="{:.0f}") + "</div>")
-    parts.append(_flaky_table(flaky))
-    return "\n".join(parts)
-
-
-def _flaky_table(flaky):
-    if not flaky:
-        return '<h3>Flaky tests</h3><p class="empty">no test changed its verdict between runs</p>'
-    rows = ['<h3>Flaky tests</h3><table class="flaky" id="flaky"><thead><tr><th>board/kernel/mode</th>'
-            "<th>test</th><th>flips</th><th>runs, oldest first</th></tr></thead><tbody>"]
-    for item in flaky:
-        runs = "".join(f'<span class="{o}" title="{escape(run)} {escape(started)}: {o}">{LABELS.get(o, o)}</span>'
-                       for run, started, o in item.history)
-        rows.append(f'<tr data-test="{escape(item.test)}" data-suite="{escape(item.suite)}">'
-                    f"<td>{escape(item.suite)}</td><td>{escape(item.test)}</td>"
-                    f"<td>{item.flips}</td><td>{runs}</td></tr>")
-    rows.append("</tbody></table>")
-    return "\n".join(rows)
+        per_board.append((board, len({p.run_id for p in mine}),
+                          [line_chart(f"{board}: boot seconds", boot, "s"),
+                           line_chart(f"{board}: pass rate", rate, "%", y_max=100, y_format="{:.0f}")]))
+    return Trends(points=len(points), boards=per_board, flaky=history_db.flaky_tests(db_path))
 
 
 def _console_lines(text):
@@ -306,6 +221,7 @@ def _href(path, here):
 
 
 def _cut(text, limit=MEASURED_CHARS):
+    text = str(text)
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 

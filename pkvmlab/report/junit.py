@@ -18,20 +18,16 @@ import xmlschema
 from junitparser import Error, Failure, JUnitXml, JUnitXmlError, Skipped
 
 from ..errors import PkvmlabError
+from . import record
 from .atomic import atomic_write_bytes
+from .record import ERROR, FAILED, PASSED, SKIPPED, STATUSES, XFAILED  # noqa: F401 - re-exported
 
 SCHEMA_PATH = Path(__file__).with_name("schemas") / "junit-10.xsd"
 JUNIT_ROOTS = ("testsuites", "testsuite")
 PREFIX = "pkvmlab."
 
-PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
-# A waived check (a board's known finding, an emulator artifact: measured, expected, not a pass) is
-# <skipped type="pkvmlab.finding"> (pkvmlab.report.cases; pytest's own "pytest.xfail" in files written
-# before), so reports keep it apart from a skip (check not applicable).
-XFAILED = "xfailed"
-XFAIL_TYPE = "pkvmlab.finding"
-XFAIL_TYPES = (XFAIL_TYPE, "pytest.xfail")
-OUTCOMES = (PASSED, FAILED, ERROR, XFAILED, SKIPPED)
+# The statuses and kinds of a case are the run-record contract's (``record``): re-exported for readers.
+OUTCOMES = STATUSES
 
 
 class JUnitReadError(PkvmlabError):
@@ -182,21 +178,18 @@ class Case:
     classname: str
     name: str
     time: float
-    outcome: str           # PASSED, FAILED, ERROR, XFAILED (known finding) or SKIPPED
+    outcome: str           # the status: PASSED, FAILED, ERROR, XFAILED (a waived finding) or SKIPPED
     message: str = ""      # failure/error message, or the skip reason
     detail: str = ""       # the result element's text (traceback, skip location)
     system_out: str = ""   # for failures: the trimmed console log the plugin attached
     failure_type: str = ""  # the result element's type: pkvmlab.<class> (pkvmlab.outcome), or pytest's
+    kind: str = record.PASS  # the outcome kind (``record.KINDS``): pass, fail, finding, waived, artifact, ...
 
     @property
     def failure_class(self):
         """board, configuration, infrastructure, harness or interrupted; None for passes and skips
         and for files written before the classes (or not by pkvmlab)."""
-        if self.failure_type.startswith(PREFIX + "finding"):    # a waived finding failing in strict mode
-            return "board"
-        if self.failure_type.startswith(PREFIX):
-            return self.failure_type[len(PREFIX):]
-        return None
+        return record.failure_class(self.kind, self.failure_type)
 
     @property
     def test_id(self):
@@ -312,19 +305,19 @@ def suite_from_junitparser(suite, source):
 
 
 def _case(case):
-    outcome, message, detail, kind = PASSED, "", "", ""
+    """A ``Case``: its kind from the result element and its type (``record.kind_of``), never its message."""
+    tag, junit_type, message, detail = None, "", "", ""
     results = case.result
-    for kind, label in ((Failure, FAILED), (Error, ERROR), (Skipped, SKIPPED)):
-        hit = next((r for r in results if isinstance(r, kind)), None)
+    for element, name in ((Failure, "failure"), (Error, "error"), (Skipped, "skipped")):
+        hit = next((r for r in results if isinstance(r, element)), None)
         if hit is not None:
-            outcome, message, detail = label, hit.message or "", hit.text or ""
-            kind = hit._elem.get("type") or ""
-            if label == SKIPPED and hit._elem.get("type") in XFAIL_TYPES:
-                outcome = XFAILED
+            tag, junit_type, message, detail = name, hit._elem.get("type") or "", hit.message or "", hit.text or ""
             break
+    kind = record.kind_of(tag, junit_type)
+    outcome = record.status_of(kind)
     return Case(classname=case.classname or "", name=case.name or "", time=_float(case._elem.get("time")),
                 outcome=outcome, message=message, detail=detail, system_out=case.system_out or "",
-                failure_type=kind if outcome in (FAILED, ERROR) else "")
+                failure_type=junit_type if outcome in (FAILED, ERROR) else "", kind=kind)
 
 
 def _int(text):

@@ -156,13 +156,33 @@ def _rebase_attachments(case, source, output):
 
 
 def _set_totals(root):
-    """Totals on <testsuites> from the suites' own attributes (never ``skipped``: junit-10.xsd has none)."""
+    """Totals on <testsuites> from the suites' own attributes (never ``skipped``: junit-10.xsd has none).
+
+    The time is the wall time the suites span, from the first one's start to the last one's end (a
+    matrix's cells run in parallel: their sum is no time anything took); the sum only when a suite
+    has no timestamp.
+    """
     totals = {"tests": 0, "failures": 0, "errors": 0}
-    time = 0.0
+    spans = []
     for suite in root:
         for key in totals:
             totals[key] += int(suite._elem.get(key) or 0)
-        time += float(suite._elem.get("time") or 0)
+        spans.append((_timestamp(suite._elem.get("timestamp")), float(suite._elem.get("time") or 0)))
     for key, value in totals.items():
         root._elem.set(key, str(value))
+    if spans and all(start is not None for start, _ in spans):
+        first = min(start for start, _ in spans)
+        time = max((start - first).total_seconds() + seconds for start, seconds in spans)
+    else:
+        time = sum(seconds for _, seconds in spans)
     root._elem.set("time", f"{time:.3f}")
+
+
+def _timestamp(text):
+    """A suite's ISO 8601 timestamp as an aware datetime (naive ones taken as UTC), or None."""
+    import datetime
+    try:
+        value = datetime.datetime.fromisoformat(text or "")
+    except ValueError:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)

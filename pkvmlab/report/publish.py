@@ -1,4 +1,4 @@
-"""After a run: add it to the history and write its page, without ever failing the run.
+"""After a run: add it to the history and write its page (and Allure's categories), never failing the run.
 
 The harness calls ``publish_run`` once the run's JUnit file is in place (the
 plugin after ``pkvmlab run``, the matrix after its merge).  The JUnit file is
@@ -14,6 +14,7 @@ import sqlite3
 from pathlib import Path
 
 from ..errors import PkvmlabError
+from .allure import write_categories
 from .history import record_run
 from .html import render_html
 
@@ -61,4 +62,9 @@ def publish_run(junit_path, history_db, record=True, page=None, problems=None):
         lines.append(f"pkvmlab: no HTML report for {junit_path}: {err}")
     else:
         lines.append(f"pkvmlab: HTML report {written}")
+    try:
+        write_categories(junit_path.parent)       # Allure lists the findings (report.allure); no line when fine
+    except OSError as err:
+        problems.append(err)
+        lines.append(f"pkvmlab: no Allure categories for {junit_path}: {err}")
     return lines
