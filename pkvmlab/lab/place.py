@@ -34,7 +34,6 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..errors import ConfigError, InfrastructureError
 
