@@ -232,7 +232,7 @@ class Supervisor:
 
     def stop(self):
         """Exporters first (their places go offline), then power switches (QEMUs stop), then the coordinator."""
-        for name, proc in reversed(self.children):
+        for _, proc in reversed(self.children):
             if proc.poll() is None:
                 proc.terminate()
                 try:
@@ -345,7 +345,8 @@ def status(lab_dir=None, address=None):
     if state:
         lines.append(f"lab in {lab_dir}: coordinator {state['coordinator']} (supervisor pid {state['pid']})")
         for name, child in state["children"].items():
-            lines.append(f"  {name:16} pid {child['pid']:<8} {'running' if _alive(child['pid'], child['start']) else 'EXITED'}")
+            alive = "running" if _alive(child["pid"], child["start"]) else "EXITED"
+            lines.append(f"  {name:16} pid {child['pid']:<8} {alive}")
         address = address or state["coordinator"]
     elif address is None:
         lines.append(f"no lab runs in {lab_dir}")

@@ -137,7 +137,7 @@ def _pump(session, seconds=0.0):
 
 
 def ensure_place(session, name, match, tags, comment=""):
-    """Create place ``name`` (if missing) matching ``match``, with ``tags``: labgrid-client create/add-match/set-tags."""
+    """Place ``name`` (created if missing) matching ``match``, with ``tags``: labgrid's create/add-match/set-tags."""
     if name not in session.places:
         _call(session, "add_place", place=name)
     place = session.places[name]
@@ -192,7 +192,7 @@ def me(session):
     return f"{session.gethostname()}/{session.getuser()}"
 
 
-def describe_holder(session, address, place):
+def describe_holder(session, address, place, hint=True):
     """'host/user' and, for a pkvmlab run of this host, which one and whether it still runs."""
     who = place.acquired
     record = read_record(address, place.name) if who == me(session) else None
@@ -202,8 +202,8 @@ def describe_holder(session, address, place):
     what = f"pkvmlab pid {record['pid']}" + (f", run {record['run']}" if record.get("run") else "")
     if alive:
         return f"{who} ({what}, running since {record['since']})"
-    return (f"{who}, left acquired by {what}, which is gone (killed?): release it with "
-            f"`pkvmlab lab release {place.name}`")
+    fix = f": release it with `pkvmlab lab release {place.name}`" if hint else ""
+    return f"{who}, left acquired by {what}, which is gone (killed?){fix}"
 
 
 def stale(session, address, place):
@@ -384,7 +384,7 @@ def release_place(address, name, force=False):
         place = session.places[name]
         if not place.acquired:
             return f"place {name} is not acquired"
-        who = describe_holder(session, address, place)
+        who = describe_holder(session, address, place, hint=False)
         record = read_record(address, name)
         if place.acquired == me(session) and holder_alive(record) and not force:
             raise PlaceBusy(f"place {name} is held by a running pkvmlab process: {who}; stop it, or --force")
