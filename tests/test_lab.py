@@ -93,9 +93,11 @@ def lab(tmp_path_factory):
     env = dict(os.environ, LG_COORDINATOR=state["coordinator"])
     pids = [state["pid"]] + [child["pid"] for child in state["children"].values()]
     ports = [port for pid in pids[1:] for _, port in listening_sockets(pid)]
-    yield {"state": state, "dir": lab_dir, "env": env, "address": state["coordinator"], "pids": pids}
-    rows = lgplace.places_status(state["coordinator"])
-    message = labservice.down(lab_dir)
+    try:
+        yield {"state": state, "dir": lab_dir, "env": env, "address": state["coordinator"], "pids": pids}
+        rows = lgplace.places_status(state["coordinator"])
+    finally:
+        message = labservice.down(lab_dir)        # always: a failed test must not leave the lab running
     assert "stopped" in message, message
     assert [pid for pid in pids if alive(pid)] == [], "lab processes outlived `lab down`"
     still = [port for port in ports if labservice_listening(port)]

@@ -178,6 +178,7 @@ def read_record(address, place):
 def drop_record(address, place):
     with contextlib.suppress(OSError):
         _record_path(address, place).unlink()
+        _records_dir(address).rmdir()        # only when it is empty
 
 
 def holder_alive(record):
