@@ -81,6 +81,13 @@ def _environment_file(board, groups, directory):
     return path
 
 
+def _serialized(function, lock):
+    def call(*args, **kwargs):
+        with lock:
+            return function(*args, **kwargs)
+    return call
+
+
 def serve(board_name, exporter_config, hostname="127.0.0.1", work_dir=None, qemu=None):
     from labgrid import Environment
 
@@ -105,11 +112,15 @@ def serve(board_name, exporter_config, hostname="127.0.0.1", work_dir=None, qemu
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
     targets = []
+    one_at_a_time = threading.Lock()
     try:
         for group, (power_port, serial_port, _) in groups.items():
             target = env.get_target(group)
             targets.append(target)
-            target.get_driver("QEMUPowerSwitchDriver")     # activates: the switch listens
+            switch = target.get_driver("QEMUPowerSwitchDriver")     # activates: the switch listens
+            # labgrid's step log keeps one stack per process (labgrid/step.py), not per thread: two switches
+            # switching at once from their server threads break it (measured: AssertionError in steps.pop).
+            switch.power = _serialized(switch.power, one_at_a_time)
             print(f"{group}: power http://{hostname}:{power_port}/relay/0/1, serial {hostname}:{serial_port}",
                   flush=True)
         print(f"{READY}: {len(targets)} boards ({board.name})", flush=True)
