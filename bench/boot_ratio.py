@@ -2,14 +2,18 @@
 
 Raw floor: the very QEMU command line the board's labgrid driver builds, same
 kernel and initramfs, booting straight to poweroff (kernel argument
-``pkvmlab.poweroff`` makes /init power off as soon as userspace is up).
+``pkvmlab.poweroff`` makes /init power off as soon as userspace is up).  On the
+firmware boards (qemu-uboot, qemu-uefi) the floor is the power switch's own QEMU
+command with the console on stdio: the same firmware, the same TFTP directory
+holding the same kernel and initramfs, and on U-Boot the env's own boot commands
+typed at its prompt the moment it shows (a bare expect loop, no labgrid).
 Harness: the whole ``pkvmlab run --board B suites/boot`` command (Python start,
 provisioning from a warm cache, boot to a shell, the suite, JUnit written).
 Both are run alternately REPEAT times and the medians compared; the ratio is
 printed and written to reports/bench-<stamp>.json.  Not a test: nothing here
 asserts a time.
 
-    python bench/boot_ratio.py [--board qemu-virt] [--repeat 5]
+    python bench/boot_ratio.py [--board qemu-virt|qemu-uboot|qemu-uefi] [--repeat 5]
 """
 
 import argparse
@@ -31,9 +35,9 @@ from pkvmlab.images.manifest import load_image_set  # noqa: E402
 from pkvmlab.images.provision import provision  # noqa: E402
 
 
-def raw_command(board, provisioned, emulator):
+def raw_command(board, provisioned, emulator, tftp_dir):
     """The board driver's own QEMU command line (same emulator and CPU as the harness's runs), with the
-    console on stdio and poweroff at userspace."""
+    console on stdio and poweroff at userspace; and the firmware dialog ((wait for, then send) pairs)."""
     import labgrid
 
     import pkvmlab.lab  # noqa: F401  (registers our driver)
@@ -41,19 +45,53 @@ def raw_command(board, provisioned, emulator):
     os.environ["LG_PKVMLAB_KERNEL_ARGS"] = board.kernel_args + " pkvmlab.poweroff"
     os.environ["LG_PKVMLAB_QEMU"] = str(emulator.binary)
     os.environ["LG_PKVMLAB_CPU"] = board.emulator.cpu
+    os.environ["LG_PKVMLAB_TFTP_DIR"] = tftp_dir
     target = labgrid.Environment(str(board.env)).get_target()
-    driver = target.get_driver("PkvmQEMUDriver", activate=False)
-    return driver.get_qemu_base_args()
+    if board.power == "emulator":
+        return target.get_driver("PkvmQEMUDriver", activate=False).get_qemu_base_args(), []
+    switch = target.get_driver("QEMUPowerSwitchDriver", activate=False)
+    cmd = switch.command()
+    at = cmd.index("-serial")
+    cmd[at + 1] = "stdio"
+    strategy = target.get_driver("FirmwareShellStrategy", activate=False)
+    for key in strategy.stage:                   # what TFTPProviderDriver stages: a link to the image
+        image = target.env.config.get_image_path(key)
+        os.symlink(image, os.path.join(tftp_dir, os.path.basename(image)))
+    dialog = []
+    if board.firmware == "u-boot":
+        uboot = target.get_driver("UBootDriver", activate=False)
+        dialog.append((uboot.autoboot.encode(), uboot.interrupt.encode()))
+        dialog += [(uboot.prompt.encode(), command.encode() + b"\n") for command in strategy.boot_commands]
+    return cmd, dialog
 
 
-def time_raw(cmd):
-    with tempfile.TemporaryFile() as out:
-        started = time.monotonic()
-        subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, check=True, timeout=120)
-        elapsed = time.monotonic() - started
-        out.seek(0)
-        if b"reboot: Power down" not in out.read():
-            raise RuntimeError("raw boot did not reach poweroff")
+def time_raw(cmd, dialog=()):
+    """Seconds from starting QEMU to the kernel's power-down, answering the firmware's ``dialog``."""
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    seen, step = b"", 0
+    try:
+        while True:
+            data = os.read(proc.stdout.fileno(), 65536)
+            if not data:
+                break
+            seen += data
+            while step < len(dialog) and dialog[step][0] in seen:
+                seen = seen.split(dialog[step][0], 1)[1]
+                proc.stdin.write(dialog[step][1])
+                proc.stdin.flush()
+                step += 1
+            if b"reboot: Power down" in seen:
+                break
+            seen = seen[-4096:]
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    elapsed = time.monotonic() - started
+    if b"reboot: Power down" not in seen:
+        raise RuntimeError(f"raw boot did not reach poweroff (dialog step {step} of {len(dialog)}): {seen[-500:]!r}")
     return elapsed
 
 
@@ -76,12 +114,12 @@ def main():
     board = load_board(args.board)
     provisioned = provision(load_image_set(board.image_set))
     emulator = resolve_emulator(None, board.emulator.qemu_min_version)
-    cmd = raw_command(board, provisioned, emulator)
     raw, harness = [], []
-    with tempfile.TemporaryDirectory() as reports:
-        time_raw(cmd)                      # warm the page cache for both sides
+    with tempfile.TemporaryDirectory() as reports, tempfile.TemporaryDirectory() as tftp_dir:
+        cmd, dialog = raw_command(board, provisioned, emulator, tftp_dir)
+        time_raw(cmd, dialog)              # warm the page cache for both sides
         for _ in range(args.repeat):
-            raw.append(time_raw(cmd))
+            raw.append(time_raw(cmd, dialog))
             harness.append(time_harness(args.board, reports))
     result = {
         "board": board.name, "kernel": provisioned.kernel_release, "repeat": args.repeat,

@@ -15,11 +15,24 @@ from .errors import ConfigError, UnknownNameError
 from .facts.probe import PROBES, VM_TYPES
 from .yamlfile import Field, check_fields, load_yaml, raise_if_problems
 
-BOARD_KINDS = ("qemu", "android", "devboard")
+# How the harness reaches a board: four facts, each with one owner in the code.
+#   console:  serial - a labgrid console (NetworkSerialPort, QEMU's stdio) logged to console.log;
+#             adb    - an Android shell over adb only (no console to log; adb/fastboot audited).
+#   power:    emulator - the harness starts and stops QEMU; pdu - a labgrid power driver;
+#             device - the device reboots itself (adb reboot / fastboot), no power control.
+#   firmware: what hands over to the kernel: none (QEMU direct kernel boot), u-boot, uefi,
+#             abl (Qualcomm/Android bootloader), rpi (Raspberry Pi EEPROM bootloader and firmware).
+#   delivery: how kernel and initrd reach the board: qemu (-kernel/-initrd), tftp (labgrid's
+#             TFTPProvider), fastboot (partitions flashed by the strategy), lab (the lab flashed
+#             the board beforehand; pkvmlab stages nothing).
+CONSOLES = ("serial", "adb")
+POWERS = ("emulator", "pdu", "device")
+FIRMWARES = ("none", "u-boot", "uefi", "abl", "rpi")
+DELIVERIES = ("qemu", "tftp", "fastboot", "lab")
 BOOT_ELS = ("EL1", "EL2")
 # "protected" accepts either pKVM flavour; the others name one exact mode.
 # Who holds EL2 on a board whose Linux boots at EL1 (pkvmlab/facts/el2holder.py); "none": no EL2 at all.
-EL2_HOLDERS = ("Gunyah", "GenieZone", "none")
+EL2_HOLDERS = ("Gunyah", "GenieZone", "QHEE", "none")
 KVM_MODES = ("protected", "protected-nvhe", "protected-hvhe", "nvhe", "hvhe", "vhe", "none")
 
 _EXPECT_SCHEMA = {
@@ -67,7 +80,10 @@ _BOARD_SCHEMA = {
     "name": Field((str,), required=True),
     "description": Field((str,)),
     "soc": Field((str,), required=True),
-    "kind": Field((str,), required=True, choices=BOARD_KINDS),
+    "console": Field((str,), required=True, choices=CONSOLES),
+    "power": Field((str,), required=True, choices=POWERS),
+    "firmware": Field((str,), required=True, choices=FIRMWARES),
+    "delivery": Field((str,), required=True, choices=DELIVERIES),
     "env": Field((str,), required=True),
     "image_set": Field((str,)),
     "kernel_args": Field((str,)),
@@ -176,7 +192,10 @@ class Board:
     name: str
     path: Path
     soc: str
-    kind: str
+    console: str
+    power: str
+    firmware: str
+    delivery: str
     env: Path
     expect: Expectations
     description: str = ""
@@ -188,6 +207,16 @@ class Board:
     emulator: EmulatorSpec = None
     lab_env: Path = None           # labgrid environment of this board as a place (lab.env)
     lab_tags: tuple = ()           # (key, value) place tags beyond the board's facts (lab.tags)
+
+    @property
+    def has_console(self):
+        """A console the harness logs and watches (phones have only adb)."""
+        return self.console == "serial"
+
+    @property
+    def device_tools(self):
+        """Driven by adb/fastboot command lines: each one is audited, the Android suites apply."""
+        return self.console == "adb"
 
     @property
     def kvm_arm_mode(self):
@@ -216,7 +245,13 @@ def load_board_file(path, root=None):
     path = Path(path)
     root = Path(root or project_root())
     data = load_yaml(path)
-    problems = check_fields(path, data, _BOARD_SCHEMA)
+    problems = []
+    if "kind" in data:
+        problems.append(f"{path}:{data.line_of('kind')}: kind: replaced by the facts console, power, firmware "
+                        f"and delivery (README.md, \"Board files\"); for example a bench board with U-Boot: "
+                        f"console: serial, power: pdu, firmware: u-boot, delivery: tftp")
+    problems += [p for p in check_fields(path, data, _BOARD_SCHEMA) if ": kind:" not in p]
+    problems += _wiring_problems(path, data)
     if "name" in data and isinstance(data["name"], str) and data["name"] != path.stem:
         problems.append(f"{path}:{data.line_of('name')}: name: '{data['name']}' differs from the file name "
                         f"'{path.stem}'")
@@ -268,7 +303,8 @@ def load_board_file(path, root=None):
     raise_if_problems(path, problems)
     return Board(
         lab_env=lab_env, lab_tags=tuple(sorted((str(k), str(v)) for k, v in lab_tags.items())),
-        name=data["name"], path=path, soc=data["soc"], kind=data["kind"], env=env_path,
+        name=data["name"], path=path, soc=data["soc"], env=env_path,
+        console=data["console"], power=data["power"], firmware=data["firmware"], delivery=data["delivery"],
         description=data.get("description", ""), image_set=data.get("image_set"),
         kernel_args=data.get("kernel_args", ""), boot_timeout=float(timeout), boot_retries=int(retries),
         ready_state=data.get("ready_state", "shell"),
@@ -284,6 +320,27 @@ def load_board_file(path, root=None):
                             emulator_artifacts=tuple(sorted(artifacts.items())),
                             el2_holder=expect.get("el2_holder")),
     )
+
+
+# Facts that only make sense together (what the code that owns each one relies on).
+_WIRING_RULES = (
+    (lambda d: d.get("delivery") == "qemu" and not isinstance(d.get("emulator"), dict),
+     "delivery", "delivery: qemu (QEMU's -kernel/-initrd) needs an emulator: block"),
+    (lambda d: d.get("power") == "emulator" and not isinstance(d.get("emulator"), dict),
+     "power", "power: emulator needs an emulator: block (cpu, qemu_min_version)"),
+    (lambda d: d.get("console") == "adb" and d.get("power") != "device",
+     "console", "console: adb (an Android device) needs power: device"),
+    (lambda d: d.get("delivery") == "fastboot" and d.get("console") != "adb",
+     "delivery", "delivery: fastboot is driven over adb/fastboot: needs console: adb"),
+    (lambda d: d.get("delivery") == "tftp" and d.get("firmware") not in ("u-boot", "uefi", "rpi"),
+     "delivery", "delivery: tftp needs firmware that fetches it (u-boot, uefi or rpi)"),
+)
+
+
+def _wiring_problems(path, data):
+    if not all(isinstance(data.get(k), str) for k in ("console", "power", "firmware", "delivery")):
+        return []     # the schema check names what is missing
+    return [f"{path}:{data.line_of(field)}: {message}" for rule, field, message in _WIRING_RULES if rule(data)]
 
 
 def _finding_reason(entry):

@@ -36,7 +36,8 @@ def cmd_boards(args):
             print(f"{name:16} INVALID: {err.problems[0]}")
             continue
         e = board.expect
-        print(f"{board.name:16} {board.kind:8} boot {e.boot_el}, kvm {e.kvm_mode}, pVMs "
+        wiring = f"{board.firmware}/{board.delivery}"
+        print(f"{board.name:16} {wiring:14} boot {e.boot_el}, kvm {e.kvm_mode}, pVMs "
               f"{'yes' if e.pvm else 'no'}  -- {board.soc}")
     return EXIT_OK
 
@@ -185,7 +186,7 @@ def cmd_run(args, extra):
     if not args.board:
         raise ConfigError("--board", ["run: give --board NAME (or --place / --reserve)"])
     board = load_board(args.board)
-    if board.kind == "qemu":
+    if board.emulator is not None:
         ensure_qemu(auto_install=True, echo=lambda m: print(m, file=sys.stderr))
     return int(pytest.main(pytest_args_for_run(board, args, extra)))
 

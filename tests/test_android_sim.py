@@ -130,7 +130,7 @@ def test_pixel8_end_to_end_one_off_boot(tmp_path, simdir):
     assert outcomes.get("test_teardown_min[protected]", ("missing",))[0] == "passed"
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert int(suite.get("tests")) >= 20 and suite.get("errors") == "0"
-    assert props["pkvmlab.board"] == "pixel-8" and props["pkvmlab.board_kind"] == "android"
+    assert props["pkvmlab.board"] == "pixel-8" and props["pkvmlab.console"] == "adb"
     assert props["pkvmlab.boot_el"] == "EL2" and props["pkvmlab.kvm_mode"] == "protected-nvhe"
     assert props["pkvmlab.kernel_release"] == SIM_RELEASE       # the image set's kernel, not the stock one
     assert float(props["pkvmlab.boot_seconds"]) > 0

@@ -29,7 +29,7 @@ def header(path):
 @pytest.mark.parametrize("name", CATALOG)
 def test_catalog_board_validates(name):
     board = load_board(name)
-    assert board.kind == "devboard" and board.env.is_file()
+    assert board.power == "pdu" and board.console == "serial" and board.env.is_file()
     if board.expect.boot_el == "EL1":
         assert (board.expect.kvm_mode, board.expect.pvm) == ("none", False)
 

@@ -59,3 +59,30 @@ def test_pvm_skip_reason_carries_the_holder():
                   el2=facts.el2_summary)
     verdict = precondition(ctx, None)
     assert "EL2 held by Gunyah (evidence: Hypervisor cold boot" in str(verdict)
+
+
+# XBL's own UART log lines (format "<B|D> - <microseconds> - <message>"), as public XBL logs of
+# SM8250-family devices show them; the message is QHEE_BOOT_LOG_STR of Qualcomm's XBL loader.
+XBL_QHEE = "D -     15708 - QHEE Image Loaded, Delta - (440120 Bytes)"
+
+
+def test_xbl_qhee_line_names_qhee():
+    facts = parse_boot_log("B -   1123040 - QHEE Image Load, Start\n" + XBL_QHEE + "\n" + EL1_LOG)
+    assert facts.el2_holder.name == "QHEE"
+    assert facts.el2_summary == f"EL2 held by QHEE (evidence: {XBL_QHEE})"
+
+
+def test_gunyah_line_wins_over_the_xbl_qhee_line():
+    # Gunyah-era XBLs load the hypervisor from the same partition and may log the QHEE line first.
+    lines = EL1_LOG.splitlines()
+    facts = parse_boot_log("\n".join([XBL_QHEE] + lines[:3] + [GUNYAH_RESERVED] + lines[3:]))
+    assert facts.el2_holder.name == "Gunyah" and "gunyah-hyp@80000000" in facts.el2_holder.evidence
+
+
+def test_crosvm_log_from_a_gunyah_tablet_names_gunyah():
+    # Real excerpt: crosvm on a Galaxy Tab S9 Ultra (Snapdragon 8 Gen 2), quoted in
+    # https://github.com/quic/gunyah-hypervisor/issues/24 (crosvm's own debug line, as AVF's logcat shows it).
+    line = ("[2024-03-23T00:49:49.736413214+05:30 DEBUG crosvm::crosvm::sys::unix] "
+            "creating hypervisor: Gunyah { device: Some(\"/dev/gunyah\") }")
+    facts = parse_boot_log(EL1_LOG + "\n" + line + "\n")
+    assert facts.el2_holder.name == "Gunyah" and facts.el2_holder.evidence == line

@@ -122,7 +122,8 @@ def test_lab_listens_on_loopback_only_and_places_carry_board_facts(lab):
     assert sorted(rows) == ["qemu-uboot-1", "qemu-uboot-2"]
     tags = rows["qemu-uboot-1"]["tags"]
     assert tags["board"] == "qemu-uboot" and tags["el2"] == "linux-kvm" and tags["boot_el"] == "el2"
-    assert tags["kvm"] == "protected" and tags["firmware"] == "u-boot"      # the board file's own lab.tags
+    assert tags["kvm"] == "protected" and tags["firmware"] == "u-boot" and tags["delivery"] == "tftp"
+    assert tags["bench"] == "qemu"                                         # the board file's own lab.tags
     status = cli("lab", "status", "--dir", str(lab["dir"]), env=lab["env"])
     assert status.returncode == 0 and "place qemu-uboot-1" in status.stdout and "free" in status.stdout
 

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 from .el2holder import El2Holder, find_el2_holder
+from .firmware import Firmware, find_firmware
 
 # "kvm [N]:" is kvm_info() with the PID; match any N.
 _KVM = r"kvm \[\d+\]: "
@@ -69,6 +70,7 @@ class BootFacts:
     benign: list = field(default_factory=list)
     evidence: dict = field(default_factory=dict)     # fact -> line number it was read from (1-based)
     el2_holder: El2Holder = field(default_factory=El2Holder)   # firmware hypervisor seen (facts/el2holder.py)
+    firmware: Firmware = field(default_factory=Firmware)       # firmware that booted the kernel (facts/firmware.py)
 
     @property
     def el2_summary(self):
@@ -96,6 +98,7 @@ def parse_boot_log(text):
     facts = BootFacts()
     cleaned = [clean_line(raw) for raw in text.splitlines()]
     facts.el2_holder = find_el2_holder(cleaned)
+    facts.firmware = find_firmware(cleaned)
     if facts.el2_holder.name:
         facts.evidence["el2_holder"] = facts.el2_holder.line_number
     for number, line in enumerate(cleaned, start=1):

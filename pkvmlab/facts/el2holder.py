@@ -15,6 +15,15 @@ Pure: text in, fact out.  Signatures and their public sources:
   crosvm's ``creating hypervisor: Gunyah`` (polygraphene/gunyah-on-sd-guide README.md).
 - Android's ``ro.boot.hypervisor.version=gunyah`` / ``/sys/hypervisor/type`` = gunyah
   (same threads; unconfirmed on every device).
+- Qualcomm's QHEE (Qualcomm Hypervisor Execution Environment), the EL2 image of
+  Snapdragon generations before Gunyah: prints nothing itself, but the XBL loader
+  logs loading it on the debug UART before ABL runs, as ``QHEE Image Loaded, Delta -
+  (<n> Bytes)`` (``QHEE_BOOT_LOG_STR`` in Qualcomm's XBL loader ``sbl1_config.c``,
+  ``QcomPkg/.../XBLLoaderLib``, as published in the CodeAurora ``boot_images``
+  releases; the line appears in public XBL UART logs of SM8250-family devices).
+  Later XBLs load Gunyah from the same ``hyp`` partition and may log the same
+  line, so a Gunyah signature anywhere in the log wins over it: QHEE is named only
+  when nothing more specific is seen.
 - MediaTek GenieZone: the name ``GenieZone`` / ``geniezone`` / ``gzvm`` in driver
   and reserved-memory lines (upstream review of the MediaTek "gzvm" driver on
   lore.kernel.org, 2023-2024; unconfirmed per device: treat as a hint).
@@ -29,12 +38,15 @@ SIGNATURES = (
     ("Gunyah", re.compile(r"ro\.boot\.hypervisor\.version\s*[=:]\s*\[?gunyah", re.I)),
     ("Gunyah", re.compile(r"creating hypervisor: Gunyah")),
     ("GenieZone", re.compile(r"geniezone|\bgzvm\b", re.I)),
+    ("QHEE", re.compile(r"\bQHEE Image Loaded\b")),
 )
+# A signature of a more specific holder anywhere in the log wins over these (see QHEE above).
+GENERIC = ("QHEE",)
 
 
 @dataclass(frozen=True)
 class El2Holder:
-    name: str = None          # "Gunyah", "GenieZone", or None: no firmware hypervisor seen
+    name: str = None          # "Gunyah", "GenieZone", "QHEE", or None: no firmware hypervisor seen
     evidence: str = None      # the console line it was read from
     line_number: int = None
 
@@ -45,9 +57,15 @@ class El2Holder:
 
 
 def find_el2_holder(lines):
-    """The first firmware-hypervisor signature among ``lines`` (cleaned console lines), numbered from 1."""
+    """The first firmware-hypervisor signature among ``lines`` (cleaned console lines), numbered from 1.
+
+    A generic signature (QHEE's loader line) counts only when no specific one is seen.
+    """
+    generic = None
     for number, line in enumerate(lines, start=1):
         for name, regex in SIGNATURES:
             if regex.search(line):
-                return El2Holder(name, line.strip(), number)
-    return El2Holder()
+                if name not in GENERIC:
+                    return El2Holder(name, line.strip(), number)
+                generic = generic or El2Holder(name, line.strip(), number)
+    return generic or El2Holder()

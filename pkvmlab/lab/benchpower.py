@@ -103,6 +103,7 @@ def serve(board_name, exporter_config, hostname="127.0.0.1", work_dir=None, qemu
         os.environ["LG_PKVMLAB_CPU"] = board.emulator.cpu
     os.environ.setdefault("LG_PKVMLAB_IMAGES", "/nonexistent")   # kernel and initrd come over TFTP
     os.environ.setdefault("LG_PKVMLAB_KERNEL_ARGS", "")
+    os.environ.setdefault("LG_PKVMLAB_TFTP_DIR", "/nonexistent")  # each group's TFTPProvider is the exporter's
     for _, _, tftp_dir in groups.values():
         if tftp_dir:
             os.makedirs(tftp_dir, exist_ok=True)

@@ -132,7 +132,7 @@ class BoardSession:
     @property
     def work_dir(self):
         """A writable directory on the board for pushed tools and their output."""
-        return ANDROID_WORK_DIR if self.board.kind == "android" else "/tmp"
+        return ANDROID_WORK_DIR if self.board.device_tools else "/tmp"
 
     def install_probe(self):
         """The EL probe's path on the board: the initramfs's own, else pushed from the image set.

@@ -55,7 +55,8 @@ def _slug(text):
 
 
 def board_tags(board):
-    """The place tags a board's facts give: board, soc, boot EL, KVM mode, who holds EL2 (plus the file's own)."""
+    """The place tags a board's facts give: board, soc, boot EL, KVM mode, who holds EL2, firmware, image
+    delivery (plus the board file's own ``lab.tags``)."""
     expect = board.expect
     if expect.el2_holder:
         el2 = "none" if expect.el2_holder == "none" else _slug(expect.el2_holder)
@@ -65,6 +66,9 @@ def board_tags(board):
         el2 = "unknown"
     tags = {"board": board.name, "soc": _slug(board.soc.split("(")[0]), "boot_el": expect.boot_el.lower(),
             "kvm": expect.kvm_mode, "el2": el2, "pvm": "yes" if expect.pvm else "no"}
+    for fact in ("firmware", "delivery"):         # board-file facts (pkvmlab/boards.py), where the file has them
+        if getattr(board, fact, None):
+            tags[fact] = str(getattr(board, fact))
     tags.update(dict(getattr(board, "lab_tags", ()) or ()))
     return tags
 

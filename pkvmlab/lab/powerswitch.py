@@ -17,10 +17,19 @@ the harness, also after a SIGKILL; it is started by the server's one long-lived
 thread, which the kernel's death signal is tied to, and which ends only after
 deactivating the driver has stopped QEMU.
 
+Ports ``0`` mean "any free loopback port, picked for this run": two runs of the
+same QEMU bench board at once (two users, a matrix, the project's tests) must
+not meet on fixed ports.  labgrid's ``NetworkSerialPort.port`` must be an int,
+so an env ``!template`` (a string) cannot carry a per-run port; instead, when
+the target is created, the switch picks the ports and writes them into the
+target's ``NetworkSerialPort`` (host 127.0.0.1, port 0) and ``NetworkPowerPort``
+(URL with port 0) before any driver uses them.  A physical board's env names
+its real serial server and PDU and has no such driver.
+
 Config:
-    port (int): TCP port of the switch on 127.0.0.1
+    port (int): TCP port of the switch on 127.0.0.1 (0: a free port per run)
     qemu_bin (str): key under ``tools:``
-    serial_port (int): the TCP port QEMU serves its serial console on
+    serial_port (int): the TCP port QEMU serves its serial console on (0: a free port per run)
     qemu_args (str): the rest of QEMU's command line (machine, cpu, memory, -bios ...)
     bios (str): key under ``images:`` given as ``-bios``
     kernel, initrd (str): keys under ``images:`` for a direct (EFI stub) boot, optional
@@ -29,7 +38,9 @@ Config:
 """
 
 import http.server
+import re
 import shlex
+import socket
 import subprocess
 import threading
 import time
@@ -58,6 +69,13 @@ def listening(port):
     return False
 
 
+def free_port():
+    """A TCP port nothing listens on at 127.0.0.1 now (the kernel's pick for a bind to port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 class PowerError(InfrastructureError):
     """The power switch (or the QEMU it starts) failed: the lab's fault, never the board's."""
 
@@ -79,10 +97,26 @@ class QEMUPowerSwitchDriver(Driver):
 
     def __attrs_post_init__(self):
         super().__attrs_post_init__()
+        self._pick_ports()
         self._process = None
         self._server = None
         self._stderr = None
         self._lock = threading.Lock()
+
+    def _pick_ports(self):
+        """Ports given as 0 become free loopback ports, written into the serial and power resources."""
+        if self.serial_port == 0:
+            self.serial_port = free_port()
+            for resource in self.target.resources:
+                if type(resource).__name__ == "NetworkSerialPort" and resource.host in ("127.0.0.1", "localhost") \
+                        and resource.port == 0:
+                    resource.port = self.serial_port
+        if self.port == 0:
+            self.port = free_port()
+            for resource in self.target.resources:
+                if type(resource).__name__ == "NetworkPowerPort" and re.search(r"//(127\.0\.0\.1|localhost):0/",
+                                                                             resource.host):
+                    resource.host = re.sub(r":0/", f":{self.port}/", resource.host, count=1)
 
     def on_activate(self):
         driver = self

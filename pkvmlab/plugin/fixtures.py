@@ -70,12 +70,42 @@ def booted(request, pkvmlab_run, target):
         add_property("pkvmlab.kvm_mode", facts.kvm_mode or "unknown")
         add_property("pkvmlab.kvm_line", facts.kvm_line or "")
         add_property("pkvmlab.dev_kvm", "yes" if session.runtime.dev_kvm else "no")
+        if console_log is not None:
+            add_property("pkvmlab.firmware", facts.firmware.describe())
+        for name, value in wiring_properties(target).items():
+            add_property(name, value)
         _name_suite_after_boot(request.config, run, session, facts)
         yield session
         strategy.transition("off")
     finally:
         if console_log is not None:
             console_log.close()
+
+
+def wiring_properties(target):
+    """What the board was reached through: the console resource, and the firmware image's package.
+
+    ``pkvmlab.console_resource`` names the labgrid resource and its address
+    (``NetworkSerialPort 127.0.0.1:40123 raw``); on a QEMU bench board the
+    firmware image's Debian package (``u-boot-qemu 2023.01+dfsg-2+deb12u3``) is
+    ``pkvmlab.firmware_package``, since EDK II's banner carries no version.
+    """
+    from ..images.emulator import host_package
+    props = {}
+    for resource in target.resources:
+        kind = type(resource).__name__
+        if kind == "NetworkSerialPort":
+            props["pkvmlab.console_resource"] = f"{kind} {resource.host}:{resource.port} {resource.protocol}"
+        elif kind in ("RawSerialPort", "USBSerialPort") and getattr(resource, "port", None):
+            props["pkvmlab.console_resource"] = f"{kind} {resource.port}"
+    for driver in target.drivers:
+        if type(driver).__name__ == "PkvmQEMUDriver" and "pkvmlab.console_resource" not in props:
+            props["pkvmlab.console_resource"] = "PkvmQEMUDriver (QEMU's serial on a local socket)"
+        if type(driver).__name__ == "QEMUPowerSwitchDriver" and driver.bios:
+            package = host_package(target.env.config.get_image_path(driver.bios))
+            if package:
+                props["pkvmlab.firmware_package"] = package
+    return props
 
 
 def boot_with_retries(run, strategy, console_log, say, add_property):

@@ -82,7 +82,8 @@ def _stop_before_start(err, dry):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
-    config.addinivalue_line("markers", "board_kind(*kinds): run the test only on boards of these kinds")
+    config.addinivalue_line("markers", "board(**facts): run the test only on boards whose file has these facts "
+                                       "(console=adb, firmware=u-boot, ...)")
     dry = _print_only(config)
     try:
         run = RunState.from_options(config.option, dry=dry)
@@ -112,6 +113,7 @@ def pytest_unconfigure(config):
     run = config.stash.get(RUN_KEY, None)
     if run is not None and not run.dry:
         finish_records(run, getattr(run, "audit", None))
+        run.remove_scratch()
     for sig, previous in (getattr(run, "previous_handlers", None) or {}).items():
         signal.signal(sig, previous)
 
@@ -148,14 +150,15 @@ def pytest_sessionstart(session):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Deselect tests marked for other board kinds (android suites on a QEMU board, ...)."""
+    """Deselect tests marked for boards with other facts (``board(console="adb")`` suites on a QEMU board)."""
     run = config.stash.get(RUN_KEY, None)
     if run is None:
         return
     keep, drop = [], []
     for item in items:
-        kinds = {k for marker in item.iter_markers("board_kind") for k in marker.args}
-        (drop if kinds and run.board.kind not in kinds else keep).append(item)
+        wanted = [marker.kwargs for marker in item.iter_markers("board")]
+        fits = all(getattr(run.board, fact) == value for facts in wanted for fact, value in facts.items())
+        (keep if fits else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep

@@ -9,12 +9,10 @@ never came up (locked bootloader, wrong sha256, device gone).
 
 import json
 
-DEVICE_TOOL_KINDS = ("android",)
-
 
 def start_records(run):
     """Open the audit log for a board driven by adb/fastboot; None for other boards."""
-    if run.board.kind not in DEVICE_TOOL_KINDS:
+    if not run.board.device_tools:
         return None
     from ..lab.audit import start_audit_log  # imports labgrid: not at plugin load
     return start_audit_log(run.run_dir / "audit.log")

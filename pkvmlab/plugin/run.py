@@ -12,6 +12,8 @@ import dataclasses
 import json
 import os
 import re
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -230,14 +232,35 @@ class RunState:
     def export_environment(self):
         """The variables the labgrid environment's !template values refer to."""
         if self.dry:    # labgrid resolves the templates when it loads the file; nothing runs
-            for name in ("LG_PKVMLAB_IMAGES", "LG_PKVMLAB_QEMU", "LG_PKVMLAB_CPU"):
+            for name in ("LG_PKVMLAB_IMAGES", "LG_PKVMLAB_QEMU", "LG_PKVMLAB_CPU", "LG_PKVMLAB_TFTP_DIR"):
                 os.environ.setdefault(name, "(not provisioned)")
+        elif self.board.delivery == "tftp":
+            os.environ["LG_PKVMLAB_TFTP_DIR"] = self.make_tftp_dir()
         if self.provisioned:
             os.environ["LG_PKVMLAB_IMAGES"] = str(self.provisioned.directory)
         os.environ["LG_PKVMLAB_KERNEL_ARGS"] = self.board.kernel_args
         if self.emulator:
             os.environ["LG_PKVMLAB_QEMU"] = str(self.emulator.binary)
             os.environ["LG_PKVMLAB_CPU"] = self.board.emulator.cpu
+
+    def make_tftp_dir(self):
+        """A TFTP directory of this run's own (``$LG_PKVMLAB_TFTP_DIR``), for loopback bench boards.
+
+        Two runs of one QEMU U-Boot board at once must not serve each other's kernel; a
+        physical board's env names its lab's TFTP root instead and ignores this.  The
+        directory carries an owner file, so one left by a SIGKILLed run is swept by the next.
+        """
+        from ..lab.childproc import mark_owned, sweep_stale
+        sweep_stale("pkvmlab-tftp-*")
+        self.tftp_dir = tempfile.mkdtemp(prefix="pkvmlab-tftp-")
+        mark_owned(self.tftp_dir)
+        return self.tftp_dir
+
+    def remove_scratch(self):
+        """Remove what :meth:`make_tftp_dir` made (at the end of the run, whatever its outcome)."""
+        if getattr(self, "tftp_dir", None):
+            shutil.rmtree(self.tftp_dir, ignore_errors=True)
+            self.tftp_dir = None
 
     @property
     def cpu(self):
@@ -246,7 +269,7 @@ class RunState:
     @property
     def has_console(self):
         """Whether the board has a console the harness logs (phones have only adb)."""
-        return self.board.kind != "android"
+        return self.board.has_console
 
     @property
     def kernel_release(self):
@@ -271,7 +294,10 @@ class RunState:
         props = {
             "pkvmlab.board": self.board.name,
             "pkvmlab.soc": self.board.soc,
-            "pkvmlab.board_kind": self.board.kind,
+            "pkvmlab.console": self.board.console,
+            "pkvmlab.power": self.board.power,
+            "pkvmlab.firmware_path": self.board.firmware,
+            "pkvmlab.image_delivery": self.board.delivery,
             "pkvmlab.kvm_arm_mode": self.board.kvm_arm_mode,
             "pkvmlab.identity": self.identity,
             "pkvmlab.run_id": self.run_id,

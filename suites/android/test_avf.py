@@ -8,7 +8,7 @@ init turns them into ``ro.boot.*`` (AVF ``docs/abl.md``); on pKVM the version is
 import pytest
 from avf_facts import VM, android_bool, parse_vm_info
 
-pytestmark = pytest.mark.board_kind("android")
+pytestmark = pytest.mark.board(console="adb")
 
 
 def _prop(booted, name):

@@ -21,7 +21,7 @@ from avf_facts import (
     vm_cpu_args,
 )
 
-pytestmark = pytest.mark.board_kind("android")
+pytestmark = pytest.mark.board(console="adb")
 
 VM_TIMEOUT = 120   # seconds the device lets a VM run (toybox timeout) before the host gives up
 

@@ -39,6 +39,22 @@ def test_boot_el(booted, board, measured):
         f"expected every CPU to start at {board.expect.boot_el}, the kernel says {said}")
 
 
+def test_firmware(booted, board, measured):
+    """The firmware the board file names is the one the console shows booting the kernel."""
+    if booted.console_log is None:
+        pytest.skip("no console to read a firmware banner from (the device is reached over adb only)")
+    seen = booted.facts.firmware
+    measured("firmware", seen.describe())
+    if board.firmware in ("u-boot", "uefi"):
+        want = {"u-boot": "U-Boot", "uefi": "UEFI"}[board.firmware]
+        assert seen.name == want, f"board file says firmware: {board.firmware}; the console shows {seen.describe()}"
+    elif board.firmware == "none":
+        assert seen.name is None, f"board file says firmware: none (direct kernel boot); the console shows " \
+                                  f"{seen.describe()}: {seen.evidence[0]}"
+    else:
+        pytest.skip(f"firmware {board.firmware} prints no banner pkvmlab reads; measured: {seen.describe()}")
+
+
 def test_el2_holder(booted, board, measured):
     """Linux at EL1: who holds EL2, with the firmware's own line (or 'no EL2')."""
     facts = booted.facts
