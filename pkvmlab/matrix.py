@@ -294,6 +294,7 @@ def _run_cells_on_places(board_path, combos, reports, matrix_id, matrix_dir, add
         cell_dir = Path(reports) / matrix_id / _cell_id(kernel, mode, qemu, cpu)
         if attempt > 1 and cell_dir.exists():
             cell_dir.rename(cell_dir.with_name(f"{cell_dir.name}.attempt{attempt - 1}"))
+        cell_dir.mkdir(parents=True, exist_ok=True)    # a run that fails before it starts (place held) makes none
         result = _run_cell(board_path, kernel, mode, reports, matrix_id, qemu, cpu,
                            extra=("--place", place, "--coordinator", address))
         result["reported"] = (result["run_dir"] / "junit.xml").is_file()

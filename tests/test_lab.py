@@ -8,11 +8,13 @@ The boots are the qemu-uboot board's (about 15-25 s each on 2 shared cores); the
 """
 
 import ipaddress
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -263,3 +265,47 @@ def test_lab_up_refuses_every_interface(tmp_path):
     proc = cli("lab", "up", "--dir", str(tmp_path), "--coordinator", "0.0.0.0:20408", timeout=30)  # noqa: S104
     assert proc.returncode == 10 and "listens on every interface" in proc.stderr, proc.stderr
     assert not (tmp_path / "lab.json").exists()
+
+
+def test_matrix_spreads_over_places_and_retries_a_lab_failure_elsewhere(lab, tmp_path):
+    """Two cells over a broken place (its exporter group does not exist) and qemu-uboot-2: the cell that lands
+    on the broken place fails for the lab (exit 11), is retried on qemu-uboot-2, and both attempts are kept."""
+    session = lgplace.connect(lab["address"])
+    original = dict(session.places["qemu-uboot-2"].tags)
+    try:
+        lgplace.ensure_place(session, "broken-1", "bench-1/no-such-group/*", dict(original, pool="retry"))
+        lgplace.ensure_place(session, "qemu-uboot-2", "bench-1/qemu-uboot-2/*", dict(original, pool="retry"))
+        lgplace.close(session)
+        proc = cli("matrix", "--reserve", "pool=retry", "--kernels", "trixie-backports", "--modes",
+                   "protected,nvhe", "--reports", str(tmp_path), env=lab["env"], timeout=400)
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == 0, output[-4000:]
+        assert "failed for the lab: retrying on another place" in output, output[-4000:]
+        matrix_dir = next(tmp_path.glob("matrix-*"))
+        attempts = json.loads((matrix_dir / "attempts.json").read_text())
+        retried = [cell for cell, tries in attempts.items() if len(tries) == 2]
+        assert retried, attempts
+        for cell in retried:
+            first, second = attempts[cell]
+            assert (first["place"], first["exit"]) == ("broken-1", 11) and (second["place"], second["exit"]) == \
+                ("qemu-uboot-2", 0), attempts
+            assert (matrix_dir / f"{cell}.attempt1").is_dir()
+        root = parse_junit_all(matrix_dir / "junit.xml")
+        suites = root.findall("testsuite")
+        assert len(suites) == 2
+        for suite in suites:
+            props = {p.get("name"): p.get("value") for p in suite.iter("property")}
+            assert props["pkvmlab.place"] == "qemu-uboot-2" and props["pkvmlab.boot_el"] == "EL2"
+            assert int(suite.get("failures")) + int(suite.get("errors")) == 0
+    finally:
+        session = lgplace.connect(lab["address"])
+        lgplace.ensure_place(session, "qemu-uboot-2", "bench-1/qemu-uboot-2/*", original)
+        if "broken-1" in session.places:
+            lgplace._call(session, "del_place", place="broken-1")
+        lgplace.close(session)
+
+
+def parse_junit_all(path):
+    from boardrun import SCHEMA
+    SCHEMA.validate(str(path))
+    return ET.parse(path).getroot()

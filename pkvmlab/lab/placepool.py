@@ -75,7 +75,10 @@ def run_on_places(jobs, places, run, on_attempt=None, retry=infrastructure_failu
                 time.sleep(poll)
                 continue
             started = time.monotonic()
-            result = run(job, place, len(attempts) + 1)
+            try:
+                result = run(job, place, len(attempts) + 1)
+            except Exception as err:  # noqa: BLE001 - a worker that dies would leave its job undone forever
+                result = {"exit": None, "reported": False, "error": f"{type(err).__name__}: {err}"}
             again = not attempts and retry(result)
             attempts.append({"place": place, "exit": result.get("exit"), "attempt": len(attempts) + 1,
                              "seconds": round(time.monotonic() - started, 1),
