@@ -309,3 +309,24 @@ def parse_junit_all(path):
     from boardrun import SCHEMA
     SCHEMA.validate(str(path))
     return ET.parse(path).getroot()
+
+
+def test_place_wait_is_bounded_and_takes_the_place_once_released(lab, tmp_path, monkeypatch):
+    monkeypatch.setenv("LG_USERNAME", "carol")
+    held = lgplace.acquire(lab["address"], place="qemu-uboot-1")
+    try:
+        started = time.monotonic()
+        bounded = cli("run", "--place", "qemu-uboot-1", "--wait", "2", "--reports", str(tmp_path), "suites/boot",
+                      env=lab["env"], timeout=30)
+        took = time.monotonic() - started
+        assert bounded.returncode == 11 and 2 <= took < 6, (took, bounded.stderr)
+        assert "place qemu-uboot-1 is acquired by " in bounded.stderr and "/carol (waited 2 s)" in bounded.stderr
+        # a waiting run takes the place as soon as it is released (no test selected: it boots nothing)
+        waiting = start("run", "--place", "qemu-uboot-1", "--wait", "60", "--reports", str(tmp_path), "--run-id",
+                        "waited", "suites/boot", "-k", "no_such_test", env=lab["env"])
+        time.sleep(2)
+    finally:
+        lgplace.release(held, power=False)
+    output = waiting.communicate(timeout=60)[0]
+    assert "acquired place qemu-uboot-1" in output and "released place qemu-uboot-1" in output, output[-2000:]
+    assert waiting.returncode == 5, output[-2000:]          # pytest: nothing selected
