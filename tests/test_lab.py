@@ -21,6 +21,7 @@ import pytest
 from boardrun import ROOT, parse_junit
 
 from pkvmlab.boards import load_board
+from pkvmlab.errors import ConfigError
 from pkvmlab.lab import labservice
 from pkvmlab.lab import place as lgplace
 
@@ -330,3 +331,28 @@ def test_place_wait_is_bounded_and_takes_the_place_once_released(lab, tmp_path, 
     output = waiting.communicate(timeout=60)[0]
     assert "acquired place qemu-uboot-1" in output and "released place qemu-uboot-1" in output, output[-2000:]
     assert waiting.returncode == 5, output[-2000:]          # pytest: nothing selected
+
+
+def test_lab_file_problems_are_listed_with_file_and_line(tmp_path):
+    bad = tmp_path / "lab.yaml"
+    bad.write_text("coordinator: 127.0.0.1\nexporters:\n  bench-1:\n    config: nowhere.yaml\n"
+                   "places:\n  p1:\n    board: qemu-uboot\n    match: bench-9/g/*\n    colour: red\n")
+    with pytest.raises(ConfigError) as caught:
+        labservice.load_lab(bad)
+    problems = "\n".join(caught.value.problems)
+    assert f"{bad}:1: coordinator: give HOST:PORT" in problems
+    assert f"{bad}:4: exporters.bench-1.config: nowhere.yaml not found" in problems
+    assert f"{bad}:8: places.p1.match: give exporter/group/*" in problems
+    assert f"{bad}:9: places.p1.colour: unknown field" in problems
+
+
+def test_a_killed_lab_supervisor_takes_its_processes_with_it(tmp_path):
+    state = labservice.up(lab_dir=tmp_path / "lab", coordinator="127.0.0.1:0")
+    children = [child["pid"] for child in state["children"].values()]
+    assert all(alive(pid) for pid in children)
+    os.kill(state["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(alive(pid) for pid in children):
+        time.sleep(0.2)
+    assert [pid for pid in children if alive(pid)] == [], "lab processes outlived their supervisor"
+    assert "no lab runs" in labservice.down(tmp_path / "lab")
