@@ -40,6 +40,17 @@ def timed(cmd, env):
     return seconds, proc.returncode
 
 
+def boot_seconds(run_dir):
+    """``pkvmlab.boot_seconds`` of a run (power-on to shell prompt), or None."""
+    import xml.etree.ElementTree as ET
+    try:
+        root = ET.parse(run_dir / "junit.xml").getroot()
+    except (OSError, ET.ParseError):
+        return None
+    value = next((p.get("value") for p in root.iter("property") if p.get("name") == "pkvmlab.boot_seconds"), None)
+    return float(value) if value else None
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--board", default="qemu-uboot")
@@ -74,8 +85,13 @@ def main():
     finally:
         print(labservice.down(work / "lab"), file=sys.stderr)
     medians = {key: statistics.median(values) for key, values in times.items() if values}
+    boots = {key: [boot_seconds(work / "runs" / f"{key}-{n}") for n in range(args.repeat)]
+             for key in ("local", "place")}
+    boot_medians = {key: statistics.median([b for b in values if b is not None] or [0])
+                    for key, values in boots.items()}
     result = {"board": args.board, "place": place, "repeat": args.repeat, "matrix_repeat": args.matrix_repeat,
               "kernels": args.kernels, "modes": args.modes, "times": times, "exit_codes": codes, "medians": medians,
+              "boot_seconds": boots, "boot_medians": boot_medians,
               "place_overhead_seconds": round(medians["place"] - medians["local"], 2),
               "place_ratio": round(medians["place"] / medians["local"], 3),
               "matrix_ratio": round(medians["matrix_places"] / medians["matrix_local"], 3)
@@ -83,7 +99,8 @@ def main():
     out = ROOT / "reports" / f"bench-lab-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("medians", "place_overhead_seconds", "place_ratio", "matrix_ratio")}))
+    print(json.dumps({k: result[k] for k in ("medians", "boot_medians", "place_overhead_seconds", "place_ratio",
+                                              "matrix_ratio")}))
     print(f"written to {out}")
 
 
