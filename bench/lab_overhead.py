@@ -86,14 +86,14 @@ def main():
         print(labservice.down(work / "lab"), file=sys.stderr)
     medians = {key: statistics.median(values) for key, values in times.items() if values}
     boots = {key: [boot_seconds(work / "runs" / f"{key}-{n}") for n in range(args.repeat)]
-             for key in ("local", "place")}
+             for key in ("local", "place") if args.repeat}
     boot_medians = {key: statistics.median([b for b in values if b is not None] or [0])
                     for key, values in boots.items()}
     result = {"board": args.board, "place": place, "repeat": args.repeat, "matrix_repeat": args.matrix_repeat,
               "kernels": args.kernels, "modes": args.modes, "times": times, "exit_codes": codes, "medians": medians,
               "boot_seconds": boots, "boot_medians": boot_medians,
-              "place_overhead_seconds": round(medians["place"] - medians["local"], 2),
-              "place_ratio": round(medians["place"] / medians["local"], 3),
+              "place_overhead_seconds": round(medians["place"] - medians["local"], 2) if args.repeat else None,
+              "place_ratio": round(medians["place"] / medians["local"], 3) if args.repeat else None,
               "matrix_ratio": round(medians["matrix_places"] / medians["matrix_local"], 3)
               if "matrix_places" in medians else None}
     out = ROOT / "reports" / f"bench-lab-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json"
