@@ -115,9 +115,46 @@ def connect(address):
 
 
 def close(session):
+    stop_background(session)
     with contextlib.suppress(Exception):
         session.loop.run_until_complete(session.stop())
         session.loop.run_until_complete(session.close())
+
+
+def run(session, awaitable, timeout=60):
+    """Run a coroutine of the session: on its loop's thread when that runs in the background, else here."""
+    thread = getattr(session, "_pkvmlab_loop_thread", None)
+    if thread is not None and thread.is_alive():
+        async def wait():
+            return await awaitable
+        return asyncio.run_coroutine_threadsafe(wait(), session.loop).result(timeout)
+    return session.loop.run_until_complete(awaitable)
+
+
+def start_background(session):
+    """Run the session's event loop in a thread of its own for the rest of the run.
+
+    labgrid's ``RemotePlaceManager.poll`` runs the loop for 0.1 s on every poll when
+    nobody else runs it (``if not self.loop.is_running()``), and ``Target`` polls
+    twice per driver activation: measured 0.84 s for the strategy's power-off alone
+    against 0.02 s locally.  With the loop running (as inside ``labgrid-client``'s own
+    commands) the coordinator's updates arrive as they come and no poll waits.
+    """
+    import threading
+    if getattr(session, "_pkvmlab_loop_thread", None) is not None:
+        return
+    thread = threading.Thread(target=session.loop.run_forever, name="labgrid-session", daemon=True)
+    session._pkvmlab_loop_thread = thread
+    thread.start()
+
+
+def stop_background(session):
+    thread = getattr(session, "_pkvmlab_loop_thread", None)
+    if thread is None:
+        return
+    session.loop.call_soon_threadsafe(session.loop.stop)
+    thread.join(10)
+    session._pkvmlab_loop_thread = None
 
 
 def _call(session, method, **args):
@@ -127,7 +164,7 @@ def _call(session, method, **args):
     out = io.StringIO()
     try:
         with contextlib.redirect_stdout(out):
-            return session.loop.run_until_complete(getattr(session, method)())
+            return run(session, getattr(session, method)())
     except Error as err:
         raise CoordinatorError(f"{method.replace('_', ' ')}: {err}") from None
     finally:
@@ -137,6 +174,9 @@ def _call(session, method, **args):
 
 def _pump(session, seconds=0.0):
     """Let the session receive the coordinator's updates."""
+    if getattr(session, "_pkvmlab_loop_thread", None) is not None:
+        time.sleep(seconds)
+        return
     session.loop.run_until_complete(asyncio.sleep(seconds))
 
 
@@ -306,12 +346,11 @@ def _acquire_reserved(session, address, filters, wait, started, run):
                                         f"Places: {_describe_places(session)}"])
     request = pb2.CreateReservationRequest(
         filters={"main": pb2.Reservation.Filter(filter=filters)}, prio=0.0)
-    response = session.loop.run_until_complete(session.stub.CreateReservation(request))
+    response = run(session, session.stub.CreateReservation(request))
     token = Reservation.from_pb2(response.reservation).token
     try:
         while True:
-            polled = session.loop.run_until_complete(
-                session.stub.PollReservation(pb2.PollReservationRequest(token=token)))
+            polled = run(session, session.stub.PollReservation(pb2.PollReservationRequest(token=token)))
             reservation = Reservation.from_pb2(polled.reservation)
             if reservation.state is ReservationState.allocated:
                 name = reservation.allocations["main"][0]
@@ -338,7 +377,7 @@ def _acquire_reserved(session, address, filters, wait, started, run):
 def cancel_reservation(session, token):
     from labgrid.remote.generated import labgrid_coordinator_pb2 as pb2
     with contextlib.suppress(Exception):
-        session.loop.run_until_complete(session.stub.CancelReservation(pb2.CancelReservationRequest(token=token)))
+        run(session, session.stub.CancelReservation(pb2.CancelReservationRequest(token=token)))
 
 
 def power_off(session, name):

@@ -56,6 +56,7 @@ def held_place(args, filters=None, say=print):
         from labgrid.resource.remote import RemotePlaceManager
         manager = RemotePlaceManager.get()
         manager.session, manager.loop = held.session, held.session.loop
+        lgplace.start_background(held.session)      # no 0.1 s wait per resource poll (place.start_background)
         yield held, board
     finally:
         try:
