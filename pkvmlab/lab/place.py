@@ -121,7 +121,7 @@ def close(session):
         session.loop.run_until_complete(session.close())
 
 
-def run(session, awaitable, timeout=60):
+def on_loop(session, awaitable, timeout=60):
     """Run a coroutine of the session: on its loop's thread when that runs in the background, else here."""
     thread = getattr(session, "_pkvmlab_loop_thread", None)
     if thread is not None and thread.is_alive():
@@ -164,7 +164,7 @@ def _call(session, method, **args):
     out = io.StringIO()
     try:
         with contextlib.redirect_stdout(out):
-            return run(session, getattr(session, method)())
+            return on_loop(session, getattr(session, method)())
     except Error as err:
         raise CoordinatorError(f"{method.replace('_', ' ')}: {err}") from None
     finally:
@@ -346,11 +346,11 @@ def _acquire_reserved(session, address, filters, wait, started, run):
                                         f"Places: {_describe_places(session)}"])
     request = pb2.CreateReservationRequest(
         filters={"main": pb2.Reservation.Filter(filter=filters)}, prio=0.0)
-    response = run(session, session.stub.CreateReservation(request))
+    response = on_loop(session, session.stub.CreateReservation(request))
     token = Reservation.from_pb2(response.reservation).token
     try:
         while True:
-            polled = run(session, session.stub.PollReservation(pb2.PollReservationRequest(token=token)))
+            polled = on_loop(session, session.stub.PollReservation(pb2.PollReservationRequest(token=token)))
             reservation = Reservation.from_pb2(polled.reservation)
             if reservation.state is ReservationState.allocated:
                 name = reservation.allocations["main"][0]
@@ -377,7 +377,7 @@ def _acquire_reserved(session, address, filters, wait, started, run):
 def cancel_reservation(session, token):
     from labgrid.remote.generated import labgrid_coordinator_pb2 as pb2
     with contextlib.suppress(Exception):
-        run(session, session.stub.CancelReservation(pb2.CancelReservationRequest(token=token)))
+        on_loop(session, session.stub.CancelReservation(pb2.CancelReservationRequest(token=token)))
 
 
 def power_off(session, name):
