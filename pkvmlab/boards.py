@@ -69,6 +69,13 @@ _EMULATOR_SCHEMA = {
     "why": Field((str,)),
 }
 
+# lab: how the board is reached as a place on labgrid's coordinator (docs/lab.md): the labgrid
+# environment of such a place (a RemotePlace plus the board's drivers) and tags added to its facts'.
+_LAB_SCHEMA = {
+    "env": Field((str,), required=True),
+    "tags": Field((dict,)),
+}
+
 _BOARD_SCHEMA = {
     "name": Field((str,), required=True),
     "description": Field((str,)),
@@ -85,6 +92,7 @@ _BOARD_SCHEMA = {
     "ready_state": Field((str,)),
     "emulator": Field((dict,), schema=_EMULATOR_SCHEMA),
     "expect": Field((dict,), required=True, schema=_EXPECT_SCHEMA),
+    "lab": Field((dict,), schema=_LAB_SCHEMA),
 }
 
 
@@ -197,6 +205,8 @@ class Board:
     boot_retries: int = 0          # boots retried after an infrastructure failure (never after a board's)
     ready_state: str = "shell"
     emulator: EmulatorSpec = None
+    lab_env: Path = None           # labgrid environment of this board as a place (lab.env)
+    lab_tags: tuple = ()           # (key, value) place tags beyond the board's facts (lab.tags)
 
     @property
     def has_console(self):
@@ -279,8 +289,20 @@ def load_board_file(path, root=None):
         if isinstance(minimum, str) and not re.fullmatch(r"\d+(\.\d+){0,2}", minimum):
             problems.append(f"{path}:{emulator.line_of('qemu_min_version')}: emulator.qemu_min_version: "
                             f"give a version such as \"10.0\" (got {minimum!r})")
+    lab = data.get("lab")
+    lab_env = None
+    if isinstance(lab, dict) and isinstance(lab.get("env"), str):
+        lab_env = (root / lab["env"]).resolve()
+        if not lab_env.is_file():
+            problems.append(f"{path}:{lab.line_of('env')}: lab.env: environment file {lab['env']} not found")
+    lab_tags = lab.get("tags") if isinstance(lab, dict) and isinstance(lab.get("tags"), dict) else {}
+    for key in lab_tags:
+        if not re.fullmatch(r"[a-z][a-z0-9_]+", str(key)):
+            problems.append(f"{path}:{lab_tags.line_of(key)}: lab.tags.{key}: a tag key is [a-z][a-z0-9_]+ "
+                            "(labgrid's rule)")
     raise_if_problems(path, problems)
     return Board(
+        lab_env=lab_env, lab_tags=tuple(sorted((str(k), str(v)) for k, v in lab_tags.items())),
         name=data["name"], path=path, soc=data["soc"], env=env_path,
         console=data["console"], power=data["power"], firmware=data["firmware"], delivery=data["delivery"],
         description=data.get("description", ""), image_set=data.get("image_set"),

@@ -173,6 +173,18 @@ def cmd_run(args, extra):
     import pytest
 
     from .hostdeps import ensure_qemu
+    if args.place or args.reserve is not None:
+        # On a place of labgrid's coordinator: acquired first, released however the run ends (docs/lab.md).
+        from .lab.placerun import held_place, split_reserve
+        filters, extra = split_reserve(args.reserve, extra)
+        if args.reserve is not None and not filters:
+            raise ConfigError("--reserve", ["--reserve: give key=value tags (e.g. board=qemu-uboot)"])
+        with held_place(args, filters, say=lambda m: print(m, file=sys.stderr)) as (_, board):
+            # labgrid is imported already (it holds the place): its pytest plugin cannot be assert-rewritten
+            quiet = ["-W", "ignore:Module already imported so cannot be rewritten:pytest.PytestAssertRewriteWarning"]
+            return int(pytest.main(quiet + pytest_args_for_run(board, args, extra)))
+    if not args.board:
+        raise ConfigError("--board", ["run: give --board NAME (or --place / --reserve)"])
     board = load_board(args.board)
     if board.emulator is not None:
         ensure_qemu(auto_install=True, echo=lambda m: print(m, file=sys.stderr))
@@ -182,6 +194,54 @@ def cmd_run(args, extra):
 def cmd_matrix(args):
     from .matrix import run_matrix
     return run_matrix(args)
+
+
+def _add_place_options(parser, matrix=False):
+    group = parser.add_argument_group("lab", "run on places of labgrid's coordinator (docs/lab.md)")
+    if not matrix:
+        group.add_argument("--place", help="acquire this place, run on it, release it")
+    group.add_argument("--reserve", nargs="+", metavar="KEY=VALUE",
+                       help="reserve " + ("every place" if matrix else "a place") + " whose tags match "
+                            "(labgrid reservation), e.g. board=qemu-uboot")
+    group.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                       help="wait up to this long for a held place (default 0: fail at once naming the holder)")
+    group.add_argument("--coordinator", metavar="HOST:PORT",
+                       help="labgrid coordinator (default: $LG_COORDINATOR, else the running `pkvmlab lab up`)")
+
+
+def cmd_lab(args):
+    from .lab import labservice
+    from .lab.place import coordinator_address, release_place
+    if args.lab_command == "up":
+        state = labservice.up(args.lab, args.dir, args.coordinator, foreground=args.foreground)
+        if state:
+            print(f"pkvmlab lab: coordinator {state['coordinator']}, places {', '.join(state['places'])}\n"
+                  f"  export LG_COORDINATOR={state['coordinator']}")
+    elif args.lab_command == "down":
+        print(labservice.down(args.dir))
+    elif args.lab_command == "status":
+        print("\n".join(labservice.status(args.dir, args.coordinator)))
+    elif args.lab_command == "release":
+        print(release_place(coordinator_address(args.coordinator, args.dir), args.place, force=args.force))
+    return EXIT_OK
+
+
+def _add_lab_parser(sub):
+    lab = sub.add_parser("lab", help="a lab of places on labgrid's coordinator (docs/lab.md)")
+    commands = lab.add_subparsers(dest="lab_command", required=True)
+    up = commands.add_parser("up", help="start a coordinator, exporter(s) and places on 127.0.0.1")
+    up.add_argument("--lab", help="lab file (default envs/lab-local.yaml)")
+    up.add_argument("--foreground", action="store_true", help="stay in the foreground (service units)")
+    down = commands.add_parser("down", help="stop the lab `lab up` started")
+    status = commands.add_parser("status", help="the lab's processes and places, who holds each")
+    release = commands.add_parser("release", help="release a place left acquired (a killed run)")
+    release.add_argument("place")
+    release.add_argument("--force", action="store_true", help="also when another user or a live run holds it")
+    for parser in (up, down, status, release):
+        parser.add_argument("--dir", help="lab directory (default $PKVMLAB_LAB_DIR, else <checkout>/.lab)")
+        if parser is not down:
+            parser.add_argument("--coordinator", metavar="HOST:PORT", help="coordinator address")
+        parser.set_defaults(func=cmd_lab)
 
 
 def build_parser():
@@ -208,13 +268,14 @@ def build_parser():
     lock.set_defaults(func=cmd_images_lock)
 
     run = sub.add_parser("run", help="run the suites on a board (extra arguments go to pytest)")
-    run.add_argument("--board", required=True, help=f"one of: {', '.join(known_boards())}")
+    run.add_argument("--board", help=f"one of: {', '.join(known_boards())}")
     run.add_argument("--env", help="labgrid environment file instead of the board's")
     run.add_argument("--kernel-suite", help="boot the newest kernel of this Debian suite")
     run.add_argument("--kvm-mode", choices=("protected", "nvhe", "default", "none"))
     run.add_argument("--reports", help="reports directory (default: reports/)")
     run.add_argument("--run-id", help="name of the run directory")
     run.add_argument("--refresh", action="store_true", help="resolve image versions again")
+    _add_place_options(run)
     run.set_defaults(func=cmd_run, takes_extra=True)
 
     matrix = sub.add_parser("matrix", help="boot + pvm suites over Debian kernels x kvm-arm modes")
@@ -230,7 +291,10 @@ def build_parser():
     matrix.add_argument("--reports", help="reports directory (default: reports/)")
     matrix.add_argument("--no-health-check", dest="health_check", action="store_false",
                         help="skip the boot-to-shell health check before the cells")
+    _add_place_options(matrix, matrix=True)
     matrix.set_defaults(func=cmd_matrix)
+
+    _add_lab_parser(sub)
 
     try:
         from .report.cli import add_parser as add_report_parser

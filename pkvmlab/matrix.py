@@ -56,12 +56,12 @@ def _cell_id(kernel_suite, mode, qemu="auto", cpu=""):
     return cell
 
 
-def _run_cell(board_name, kernel_suite, mode, reports, matrix_id, qemu="auto", cpu=""):
+def _run_cell(board_name, kernel_suite, mode, reports, matrix_id, qemu="auto", cpu="", extra=()):
     run_id = f"{matrix_id}/{_cell_id(kernel_suite, mode, qemu, cpu)}"
     root = project_root()
     cmd = [sys.executable, "-m", "pkvmlab.cli", "run", "--board", board_name, "--kernel-suite", kernel_suite,
            "--kvm-mode", mode, "--reports", str(reports), "--run-id", run_id,
-           *(["--qemu", qemu] if qemu != "auto" else []), *(["--cpu", cpu] if cpu else []),
+           *(["--qemu", qemu] if qemu != "auto" else []), *(["--cpu", cpu] if cpu else []), *extra,
            str(root / "suites" / "boot"), str(root / "suites" / "pvm"), "-q", "-p", "no:cacheprovider"]
     started = time.monotonic()
     # The cell dies with the matrix (childproc): SIGTERM, so that it still writes its JUnit file and
@@ -75,6 +75,7 @@ def _run_cell(board_name, kernel_suite, mode, reports, matrix_id, qemu="auto", c
 
 
 def run_matrix(args):
+    places = _matrix_places(args)      # --reserve: the free places to spread the cells over (docs/lab.md)
     board = load_board(args.board)
     kernels = [k for k in args.kernels.split(",") if k]
     modes = [m for m in args.modes.split(",") if m]
@@ -95,7 +96,10 @@ def run_matrix(args):
          f"{args.jobs} at once, into {matrix_dir}")
     matrix_dir.mkdir(parents=True)
     health = None
-    if getattr(args, "health_check", True):
+    if places:
+        note(f"matrix: {len(places[1])} places ({', '.join(places[1])}) on {places[0]}; no separate health check: "
+             "a cell failing for the lab is retried once on another place")
+    elif getattr(args, "health_check", True):
         from .healthcheck import run_health_check
         health = run_health_check(str(board.path), reports, matrix_id,
                                   preexec_fn=die_with_parent(signal.SIGTERM))   # as a cell: see _run_cell
@@ -104,6 +108,8 @@ def run_matrix(args):
     combos = [(k, m, q, c) for k in kernels for m in modes for q in qemus for c in cpus]
     if health is not None and health["exit"] != 0:
         results = [_skipped_cell(board.name, reports, matrix_id, combo, health) for combo in combos]
+    elif places:
+        results = _run_cells_on_places(str(board.path), combos, reports, matrix_id, matrix_dir, *places)
     else:
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             futures = [pool.submit(_run_cell, str(board.path), k, m, reports, matrix_id, q, c) for k, m, q, c in combos]
@@ -143,6 +149,49 @@ def run_matrix(args):
     if health is not None and health["exit"] != 0:
         return health["exit"]
     return run_exit_code([r["exit"] if (r["run_dir"] / "junit.xml").is_file() else None for r in results])
+
+
+def _matrix_places(args):
+    """(coordinator, [free place]) for ``--reserve``, with ``args.board`` set to the places' board; else None."""
+    if not getattr(args, "reserve", None):
+        return None
+    from .errors import ConfigError
+    from .lab.place import coordinator_address, parse_filters
+    from .lab.placepool import free_places
+    if getattr(args, "qemu", "auto") != "auto" or getattr(args, "cpus", ""):
+        raise ConfigError("--reserve", ["--qemu/--cpus choose a local emulator; a place's QEMU is its exporter's"])
+    address = coordinator_address(getattr(args, "coordinator", None))
+    args.board, names = free_places(address, parse_filters(args.reserve))
+    return address, names
+
+
+def _run_cells_on_places(board_path, combos, reports, matrix_id, matrix_dir, address, places):
+    """Every cell as ``pkvmlab run --place P``, one per place at a time; an infrastructure failure is retried
+    once on another place, the first attempt kept as ``<cell>.attempt1`` and both in ``attempts.json``."""
+    import json
+
+    from .lab.placepool import run_on_places
+
+    def run(combo, place, attempt):
+        kernel, mode, qemu, cpu = combo
+        cell_dir = Path(reports) / matrix_id / _cell_id(kernel, mode, qemu, cpu)
+        if attempt > 1 and cell_dir.exists():
+            cell_dir.rename(cell_dir.with_name(f"{cell_dir.name}.attempt{attempt - 1}"))
+        cell_dir.mkdir(parents=True, exist_ok=True)    # a run that fails before it starts (place held) makes none
+        result = _run_cell(board_path, kernel, mode, reports, matrix_id, qemu, cpu,
+                           extra=("--place", place, "--coordinator", address))
+        result["reported"] = (result["run_dir"] / "junit.xml").is_file()
+        result["place"] = place
+        return result
+
+    def told(combo, place, result, retrying):
+        note(f"matrix: {_cell_id(*combo)} on {place}: exit {result['exit']} in {result['seconds']} s"
+             + ("; failed for the lab: retrying on another place" if retrying else ""))
+
+    done = run_on_places(combos, places, run, on_attempt=told)
+    (matrix_dir / "attempts.json").write_text(json.dumps(
+        {_cell_id(*combo): attempts for combo, (_, attempts) in done.items()}, indent=2) + "\n")
+    return [result for result, _ in done.values()]
 
 
 def _skipped_cell(board_name, reports, matrix_id, combo, health):

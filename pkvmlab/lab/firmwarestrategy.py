@@ -17,7 +17,6 @@ Config:
 """
 
 import enum
-import os
 import re
 import time
 
@@ -28,6 +27,7 @@ from labgrid.strategy.common import Strategy, StrategyError, never_retry
 from pexpect import EOF, TIMEOUT
 
 from ..errors import BootError
+from . import tftpstage
 from .bootstrategy import BOOT_FAILURES
 from .strategystate import parse_status
 
@@ -114,9 +114,8 @@ class FirmwareShellStrategy(Strategy):
     def _power_on(self):
         if self.tftp is not None:
             self.target.activate(self.tftp)
-            os.makedirs(self.tftp.provider.internal, exist_ok=True)
-            for key in self.stage:
-                self.tftp.stage(self.target.env.config.get_image_path(key))
+            for key in self.stage:    # a place's TFTP root on this host is linked into without SSH (tftpstage)
+                tftpstage.stage(self.tftp, self.target.env.config.get_image_path(key))
         self._started = time.monotonic()
         try:
             self.power.on()

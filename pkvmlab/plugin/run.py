@@ -341,4 +341,7 @@ class RunState:
             props["pkvmlab.image_set"] = self.image_set.name
         if self.strict_findings:
             props["pkvmlab.strict_findings"] = "yes"
+        if os.environ.get("LG_PKVMLAB_PLACE"):     # a run on a place of labgrid's coordinator (docs/lab.md)
+            props["pkvmlab.place"] = os.environ["LG_PKVMLAB_PLACE"]
+            props["pkvmlab.coordinator"] = os.environ.get("LG_COORDINATOR", "")
         return props
