@@ -135,7 +135,8 @@ PROPERTIES = {
     KERNEL_RELEASE: "uname -r on the board", BOOT_EL: "EL every CPU started at",
     KVM_MODE: "KVM mode the kernel printed",
     "pkvmlab.kvm_line": "the kernel's KVM line", "pkvmlab.dev_kvm": "yes/no", "pkvmlab.boot_attempts": "boots tried",
-    INTERRUPTED_BY: "the signal that ended the run", "pkvmlab.health_check": "failed: the matrix ran no cell",
+    INTERRUPTED_BY: "the signal that ended the run",
+    "pkvmlab.place": "the labgrid place the run acquired", "pkvmlab.coordinator": "its coordinator (LG_COORDINATOR)", "pkvmlab.health_check": "failed: the matrix ran no cell",
     "pkvmlab.pvm.": "the EL probe's summary per check (create, host_read, control_read, teardown)",
 }
 
