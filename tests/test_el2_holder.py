@@ -86,3 +86,11 @@ def test_crosvm_log_from_a_gunyah_tablet_names_gunyah():
             "creating hypervisor: Gunyah { device: Some(\"/dev/gunyah\") }")
     facts = parse_boot_log(EL1_LOG + "\n" + line + "\n")
     assert facts.el2_holder.name == "Gunyah" and facts.el2_holder.evidence == line
+
+
+def test_getprop_format_and_a_bare_geniezone_word():
+    from pkvmlab.facts.el2holder import find_el2_holder
+    assert find_el2_holder(["[ro.boot.hypervisor.version]: [gunyah-1.2]"]).name == "Gunyah"
+    assert find_el2_holder(["[ro.boot.hypervisor.version]: [geniezone]"]).name == "GenieZone"
+    # A kernel release or a path that merely contains the word is not evidence.
+    assert find_el2_holder(["Linux version 6.1.99-android14-geniezone (build@host)"]).name is None

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 
 import pytest
 from boardrun import ROOT, board_variant, kill_qemu_children, parse_junit, pkvmlab, run_board
@@ -48,6 +49,13 @@ def test_qemu_virt_boots_pkvm_and_passes(tmp_path):
     times = [m["time"] for m in timeline["marks"]]
     assert times == sorted(times)
     assert set(timeline["suites"]) == {"suites/boot/test_boot.py"}
+    # The boot is the run's, not the first test's: that case's time excludes it and says so; the root is
+    # named as the matrix's merged file is.
+    first = next(iter(cases.values()))
+    boot = float(props["pkvmlab.boot_seconds"])
+    assert float(first.get("time")) < boot, (first.get("name"), first.get("time"), boot)
+    assert "session_boot = " in first.find("system-out").text
+    assert ET.parse(run_dir / "junit.xml").getroot().get("name") == "pkvmlab"
 
 
 def test_qemu_virt_el1_passes_with_el1_expectations(tmp_path):

@@ -35,9 +35,13 @@ from dataclasses import dataclass
 SIGNATURES = (
     ("Gunyah", re.compile(r"Hypervisor cold boot, version: gunyah", re.I)),
     ("Gunyah", re.compile(r"gunyah[-_](?:hyp|md)[-_@]|gunyah_hyp_region|gunyah_rsc_mgr|misc gunyah:", re.I)),
-    ("Gunyah", re.compile(r"ro\.boot\.hypervisor\.version\s*[=:]\s*\[?gunyah", re.I)),
+    # ``name=value`` (bootconfig, build.prop) or getprop's own ``[name]: [value]``
+    ("Gunyah", re.compile(r"ro\.boot\.hypervisor\.version\]?\s*[=:]\s*\[?gunyah", re.I)),
     ("Gunyah", re.compile(r"creating hypervisor: Gunyah")),
-    ("GenieZone", re.compile(r"geniezone|\bgzvm\b", re.I)),
+    # Driver, device and reserved-memory names only: a bare "geniezone" (a kernel release, a path)
+    # is no evidence.
+    ("GenieZone", re.compile(r"\bgzvm\b|reserved mem: .*\bgeniezone|GenieZone hypervisor|"
+                             r"ro\.boot\.hypervisor\.version\]?\s*[=:]\s*\[?geniezone", re.I)),
     ("QHEE", re.compile(r"\bQHEE Image Loaded\b")),
 )
 # A signature of a more specific holder anywhere in the log wins over these (see QHEE above).

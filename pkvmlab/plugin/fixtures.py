@@ -65,6 +65,9 @@ def booted(request, pkvmlab_run, target):
             add_property("pkvmlab.boot_seconds", f"{session.boot_seconds:.3f}")
         facts = session.collect_facts()
         run.timeline.mark("facts")
+        marks = dict(run.timeline.marks)
+        run.boot_cost = (run.running.nodeid if run.running is not None else None,
+                         marks["facts"] - marks["boot_start"])
         took = f" in {session.boot_seconds:.1f} s" if session.boot_seconds is not None else ""
         say(f"pkvmlab: {run.board.name} ready{took}: kernel {session.runtime.release or facts.kernel_release}, "
             f"boot {facts.boot_el or 'EL unknown'}, KVM {facts.kvm_mode or 'unknown'}")

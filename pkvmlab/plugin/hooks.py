@@ -384,7 +384,7 @@ def _finish_report(session, run):
     run.junit_partial.write_bytes(finish_cases(
         data, run.identity, measured=run.case_measured, findings=run.findings,
         console_log=os.path.relpath(run.run_dir / "console.log", run.junit_final.parent) if run.has_console else None,
-        run_dir=run.junit_final.parent, roots=_portable_roots()))
+        run_dir=run.junit_final.parent, roots=_portable_roots(), boot=run.boot_cost))
     code = exit_code(o.kind for o in run.outcomes.values())
     if code is not None and session.exitstatus in (pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.OK,
                                                    pytest.ExitCode.INTERRUPTED):

@@ -1,6 +1,6 @@
 """The pkvmlab Pixel SIMULATOR's ``/apex/com.android.virt/bin/crosvm run`` (see pixel.py).
 
-Flags per google/crosvm ``src/crosvm/cmdline.rs`` (notes/device-facts.md section 2):
+Flags per google/crosvm ``src/crosvm/cmdline.rs``:
 one protection mode at most ("Only one protection mode has to be specified");
 ``--protected-vm`` boots through the pvmfw the bootloader loaded and fails with
 ENOENT when there is none; ``--protected-vm-without-firmware`` is crosvm's

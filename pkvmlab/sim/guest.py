@@ -19,7 +19,7 @@ packages/modules/Virtualization, read at LineageOS/android_packages_modules_Virt
 
 Console lines: ``[INFO] pVM firmware`` and ``[INFO] Starting payload...``
 (AVF docs/getting_started.md, MicrodroidHostTests) and the guest kernel lines of
-notes/device-facts.md section 3; the exact wording of pvmfw's error lines is the
+Linux's arch/arm64/kvm (the KVM init lines); the exact wording of pvmfw's error lines is the
 Display text of the errors above behind a plausible prefix [U].
 """
 

@@ -1,6 +1,6 @@
 """The pkvmlab Pixel SIMULATOR's ``/apex/com.android.virt/bin/vm`` (see pixel.py), per Android version.
 
-Subcommands and flags (notes/device-facts.md 1.2, from AOSP packages/modules/Virtualization
+Subcommands and flags (from AOSP packages/modules/Virtualization
 ``vm/src/main.rs`` as shipped in LineageOS/android_packages_modules_Virtualization
 ``lineage-20.0`` (Android 13) and ``lineage-22.0`` (Android 15)):
 

@@ -1,6 +1,7 @@
 """Parsers for what Android's virtualization tools print (no I/O; the suites next to this file run them).
 
-Texts per notes/device-facts.md 1.1-1.2: the ``vm`` tool's ``info`` lines, its
+Texts per AOSP packages/modules/Virtualization (https://android.googlesource.com/platform/packages/modules/Virtualization/),
+``vm/src/main.rs`` and docs/getting_started.md: the ``vm`` tool's ``info`` lines, its
 per-version flags (Android 13 ``--cpus``, Android 15 ``--cpu-topology``), the
 run-microdroid progress lines, and the console markers of a protected boot.
 """
