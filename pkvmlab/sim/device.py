@@ -388,7 +388,8 @@ def sync_root(devdir, state):
         _write_if_changed(root / "apex/com.android.virt/bin" / name, _stub(python, name, devdir), 0o755)
     fs = root / "apex/com.android.virt/etc/fs"
     fs.mkdir(parents=True, exist_ok=True)
-    # AVF's Microdroid artifacts (AOSP packages/modules/Virtualization, build/microdroid): kernel under etc/fs/, initrds under etc/.
+    # AVF's Microdroid artifacts (AOSP packages/modules/Virtualization, build/microdroid):
+    # kernel under etc/fs/, initrds under etc/.
     _write_if_changed(fs / "microdroid_kernel", simguest.MICRODROID_KERNEL_TEXT)
     for name, initrd in (("normal", "initrd_normal"), ("debuggable", "initrd_debug")):
         _write_if_changed(root / f"apex/com.android.virt/etc/microdroid_initrd_{name}.img",

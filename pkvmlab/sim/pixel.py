@@ -4,7 +4,8 @@ Nothing here talks to a phone.  This module stands in for the ``adb`` and
 ``fastboot`` programs (through ``pkvmlab/sim/bin/adb`` and ``.../fastboot``) so
 pkvmlab's real ADB driver, fastboot flashing and Android strategy can run end
 to end without a phone.  What the fake tools print is taken from documented
-Pixel/AVF behaviour (AOSP packages/modules/Virtualization (https://android.googlesource.com/platform/packages/modules/Virtualization/): ``vm info`` lines, run-microdroid
+Pixel/AVF behaviour (AOSP packages/modules/Virtualization,
+https://android.googlesource.com/platform/packages/modules/Virtualization/: ``vm info`` lines, run-microdroid
 output, pvmfw console markers, the kernel's EL and KVM lines, fastboot's
 ``getvar`` replies); where a detail is unconfirmed ([U]) the text
 here is a plausible stand-in, not a record of a device.

@@ -3,7 +3,8 @@
 The fake root's ``/system/bin`` and ``/apex/com.android.virt/bin`` hold small
 scripts that call back into ``pixel.py tool DEVDIR NAME``; this module is what
 they run (``vm`` is vmtool.py, ``crosvm`` crosvmsim.py).  Outputs follow
-documented AVF/crosvm behaviour (AOSP packages/modules/Virtualization (https://android.googlesource.com/platform/packages/modules/Virtualization/); google/crosvm) and, for ``elprobe``, a
+documented AVF/crosvm behaviour (AOSP packages/modules/Virtualization,
+https://android.googlesource.com/platform/packages/modules/Virtualization/; google/crosvm) and, for ``elprobe``, a
 run recorded on the QEMU board.
 """
 
