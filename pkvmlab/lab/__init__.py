@@ -16,4 +16,5 @@ from . import (  # noqa: F401  (registration side effect)
     linuxshell,
     powerswitch,
     qemudriver,
+    serialdriver,
 )
