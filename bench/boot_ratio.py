@@ -98,15 +98,21 @@ def time_raw(cmd, dialog=()):
     return elapsed
 
 
-def time_harness(board_name, reports):
-    cmd = [sys.executable, "-m", "pkvmlab.cli", "run", "--board", board_name, "--reports", reports,
-           str(ROOT / "suites" / "boot"), "-q", "-p", "no:cacheprovider"]
+def harness(args, reports, run_id=None):
+    """Seconds one ``pkvmlab <args>`` command takes, start to exit (it must pass)."""
+    cmd = [sys.executable, "-m", "pkvmlab.cli", *args, "--reports", reports]
+    if args[0] == "run":
+        cmd += [*(["--run-id", run_id] if run_id else []), "-q", "-p", "no:cacheprovider"]
     started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     elapsed = time.monotonic() - started
     if proc.returncode != 0:
-        raise RuntimeError(f"harness run failed:\n{proc.stdout[-2000:]}")
+        raise RuntimeError(f"{' '.join(args)} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}")
     return elapsed
+
+
+def time_harness(board_name, reports):
+    return harness(["run", "--board", board_name, str(ROOT / "suites" / "boot")], reports)
 
 
 def main():

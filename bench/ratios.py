@@ -22,7 +22,6 @@ import argparse
 import dataclasses
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from boot_ratio import raw_command, time_raw  # noqa: E402
+from boot_ratio import harness, raw_command, time_raw  # noqa: E402
 
 from pkvmlab.boards import load_board  # noqa: E402
 from pkvmlab.images.emulator import resolve_emulator  # noqa: E402
@@ -46,18 +45,6 @@ SPANS = (("configure", "interpreter, imports, pytest start-up"), ("run_ready", "
          ("collected", "collection"), ("boot_start", "activation"), ("shell", "boot to the shell prompt"),
          ("facts", "boot facts"), ("sessionfinish", "suites"), ("report_written", "JUnit + HTML + history"),
          ("end", "records"))
-
-
-def harness(args, reports, run_id):
-    cmd = [sys.executable, "-m", "pkvmlab.cli", *args, "--reports", reports]
-    if args[0] == "run":
-        cmd += ["--run-id", run_id, "-q", "-p", "no:cacheprovider"]
-    started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
-    elapsed = time.monotonic() - started
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}")
-    return elapsed
 
 
 def cell_board(board, mode):

@@ -250,7 +250,9 @@ def load_board_file(path, root=None):
         problems.append(f"{path}:{data.line_of('kind')}: kind: replaced by the facts console, power, firmware "
                         f"and delivery (README.md, \"Board files\"); for example a bench board with U-Boot: "
                         f"console: serial, power: pdu, firmware: u-boot, delivery: tftp")
-    problems += [p for p in check_fields(path, data, _BOARD_SCHEMA) if ": kind:" not in p]
+    # a ``kind`` line gets the message above, not also "unknown field"
+    schema = {**_BOARD_SCHEMA, "kind": Field((object,))} if "kind" in data else _BOARD_SCHEMA
+    problems += check_fields(path, data, schema)
     problems += _wiring_problems(path, data)
     if "name" in data and isinstance(data["name"], str) and data["name"] != path.stem:
         problems.append(f"{path}:{data.line_of('name')}: name: '{data['name']}' differs from the file name "

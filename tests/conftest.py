@@ -13,3 +13,15 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(TEST_DEADLINE_SECONDS))
+
+
+@pytest.fixture
+def simdir(tmp_path, monkeypatch):
+    """A fresh Pixel simulator state directory (pkvmlab/sim/pixel.py), at time scale 0 (no simulated waits)."""
+    from pkvmlab.sim import pixel as sim
+    directory = tmp_path / "sim"
+    directory.mkdir()
+    monkeypatch.setenv(sim.ENV_DIR, str(directory))
+    monkeypatch.setenv(sim.ENV_TIME_SCALE, "0")
+    monkeypatch.setenv(sim.ENV_WAIT, "1")
+    return directory

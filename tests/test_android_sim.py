@@ -18,7 +18,6 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import pytest
 import xmlschema
 
 from pkvmlab.sim import pixel as sim
@@ -29,16 +28,6 @@ SERIAL = "PKVMSIM0008"
 IMAGES = ROOT / "images" / "pixel-sim"
 SIM_RELEASE = "6.1.99-android14-11-pkvmlab-sim"     # what images/pixel-sim/boot.img boots
 DEVICE_TOOL = re.compile(r"(^|/)(adb|fastboot)$")
-
-
-@pytest.fixture
-def simdir(tmp_path, monkeypatch):
-    directory = tmp_path / "sim"
-    directory.mkdir()
-    monkeypatch.setenv(sim.ENV_DIR, str(directory))
-    monkeypatch.setenv(sim.ENV_TIME_SCALE, "0")
-    monkeypatch.setenv(sim.ENV_WAIT, "1")
-    return directory
 
 
 def env_file(tmp_path, replace=None, name="env.yaml"):

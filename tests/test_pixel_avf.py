@@ -35,14 +35,10 @@ WORK = "/data/local/tmp"
 
 
 @pytest.fixture
-def simdir(tmp_path, monkeypatch):
-    directory = tmp_path / "sim"
-    directory.mkdir()
-    monkeypatch.setenv(sim.ENV_DIR, str(directory))
-    monkeypatch.setenv(sim.ENV_TIME_SCALE, "0")
-    monkeypatch.setenv(sim.ENV_WAIT, "1")
-    monkeypatch.setenv("PKVMLAB_PIXEL_SIM_VM_LIMIT", "20")   # a VM nobody stops must not outlive the test
-    return directory
+def simdir(simdir, monkeypatch):
+    """The shared simulator directory (tests/conftest.py), and a VM nobody stops must not outlive the test."""
+    monkeypatch.setenv("PKVMLAB_PIXEL_SIM_VM_LIMIT", "20")
+    return simdir
 
 
 @pytest.fixture

@@ -25,16 +25,6 @@ from test_android_sim import (
 from pkvmlab.sim import pixel as sim
 
 
-@pytest.fixture
-def simdir(tmp_path, monkeypatch):
-    directory = tmp_path / "sim"
-    directory.mkdir()
-    monkeypatch.setenv(sim.ENV_DIR, str(directory))
-    monkeypatch.setenv(sim.ENV_TIME_SCALE, "0")
-    monkeypatch.setenv(sim.ENV_WAIT, "1")
-    return directory
-
-
 def real_looking_tools(tmp_path):
     """adb and fastboot that are not the simulator's files (as a lab's platform-tools would be), yet
     reach the simulated phone: what a simulator image set must never be sent through."""

@@ -22,16 +22,6 @@ RECORDING = [json.loads(line) for line in sim.ELPROBE_RECORDING.read_text().spli
 
 
 @pytest.fixture
-def simdir(tmp_path, monkeypatch):
-    directory = tmp_path / "sim"
-    directory.mkdir()
-    monkeypatch.setenv(sim.ENV_DIR, str(directory))
-    monkeypatch.setenv(sim.ENV_TIME_SCALE, "0")
-    monkeypatch.setenv(sim.ENV_WAIT, "1")
-    return directory
-
-
-@pytest.fixture
 def target(tmp_path, simdir):
     env = Environment(str(env_file(tmp_path)))
     yield env.get_target("main")

@@ -47,6 +47,7 @@ import glob
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 
@@ -78,6 +79,18 @@ def die_with_parent(sig=signal.SIGKILL):
             os.kill(os.getpid(), signum)
             os._exit(128 + signum)
     return in_child
+
+
+def stop(process, grace=5.0):
+    """SIGTERM ``process`` (a Popen), and SIGKILL it if it has not exited within ``grace`` seconds."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
 
 
 def _start_time(pid):

@@ -29,7 +29,7 @@ from pathlib import Path
 from ..boards import load_board, project_root
 from ..errors import ConfigError, InfrastructureError
 from ..yamlfile import Field, check_fields, load_yaml, raise_if_problems
-from .childproc import _start_time, die_with_parent
+from .childproc import _start_time, die_with_parent, stop
 
 STATE = "lab.json"
 START_TIMEOUT = 60.0        # coordinator + power switches + exporters + places, on a loaded 2-core machine
@@ -233,13 +233,7 @@ class Supervisor:
     def stop(self):
         """Exporters first (their places go offline), then power switches (QEMUs stop), then the coordinator."""
         for _, proc in reversed(self.children):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            stop(proc, grace=10)
         self._write("stopped")
 
     def watch(self):

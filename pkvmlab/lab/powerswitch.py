@@ -48,10 +48,11 @@ import time
 import attr
 from labgrid.driver.common import Driver
 from labgrid.factory import target_factory
+from labgrid.resource import NetworkPowerPort, NetworkSerialPort
 from labgrid.step import step
 
 from ..errors import InfrastructureError
-from .childproc import die_with_parent
+from .childproc import die_with_parent, stop
 
 
 def listening(port):
@@ -108,13 +109,13 @@ class QEMUPowerSwitchDriver(Driver):
         if self.serial_port == 0:
             self.serial_port = free_port()
             for resource in self.target.resources:
-                if type(resource).__name__ == "NetworkSerialPort" and resource.host in ("127.0.0.1", "localhost") \
+                if isinstance(resource, NetworkSerialPort) and resource.host in ("127.0.0.1", "localhost") \
                         and resource.port == 0:
                     resource.port = self.serial_port
         if self.port == 0:
             self.port = free_port()
             for resource in self.target.resources:
-                if type(resource).__name__ == "NetworkPowerPort" and re.search(r"//(127\.0\.0\.1|localhost):0/",
+                if isinstance(resource, NetworkPowerPort) and re.search(r"//(127\.0\.0\.1|localhost):0/",
                                                                              resource.host):
                     resource.host = re.sub(r":0/", f":{self.port}/", resource.host, count=1)
 
@@ -215,11 +216,5 @@ class QEMUPowerSwitchDriver(Driver):
         process, self._process = self._process, None
         if process is None:
             return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+        stop(process)
         process.stderr.close()

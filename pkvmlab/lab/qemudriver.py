@@ -41,7 +41,7 @@ from labgrid.util.qmp import QMPError, QMPMonitor
 from pexpect import EOF, TIMEOUT
 
 from ..errors import InfrastructureError
-from .childproc import die_with_parent, mark_owned, sweep_stale
+from .childproc import die_with_parent, mark_owned, stop, sweep_stale
 
 
 @target_factory.reg_driver
@@ -122,13 +122,7 @@ class PkvmQEMUDriver(QEMUDriver):
         if self._clientsocket:
             self._clientsocket.close()
             self._clientsocket = None
-        if child.poll() is None:
-            child.terminate()
-            try:
-                child.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        stop(child)
         if self._clientsocket:
             self._clientsocket.close()
             self._clientsocket = None

@@ -20,6 +20,7 @@ import select
 import attr
 from labgrid.driver.serialdriver import SerialDriver
 from labgrid.factory import target_factory
+from labgrid.resource import NetworkSerialPort
 from pexpect import TIMEOUT
 
 
@@ -27,7 +28,7 @@ from pexpect import TIMEOUT
 @attr.s(eq=False)
 class PkvmSerialDriver(SerialDriver):
     def _raw_socket(self):
-        return type(self.port).__name__ == "NetworkSerialPort" and self.port.protocol == "raw"
+        return isinstance(self.port, NetworkSerialPort) and self.port.protocol == "raw"
 
     def _read(self, size=1, timeout=0.0, max_size=None):
         if not self._raw_socket():
