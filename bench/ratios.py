@@ -41,8 +41,11 @@ from pkvmlab.images.provision import provision  # noqa: E402
 
 GOALS = {"boot": 1.2, "boot+pvm": 1.1, "matrix": 1.2}
 # timeline.json marks, in order, and what the span up to each one is.
+# The board powers on before collection (pkvmlab/plugin/fixtures.py power_on_early): from boot_start on,
+# collection and session set-up overlap the boot.
 SPANS = (("configure", "interpreter, imports, pytest start-up"), ("run_ready", "provisioning check, run set-up"),
-         ("collected", "collection"), ("boot_start", "activation"), ("shell", "boot to the shell prompt"),
+         ("boot_start", "labgrid target, power-on"), ("collected", "collection (board booting)"),
+         ("boot_wait", "session set-up (board booting)"), ("shell", "rest of the boot to the shell prompt"),
          ("facts", "boot facts"), ("sessionfinish", "suites"), ("report_written", "JUnit + HTML + history"),
          ("end", "records"))
 

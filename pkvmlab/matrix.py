@@ -22,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -56,7 +57,8 @@ def _cell_id(kernel_suite, mode, qemu="auto", cpu=""):
     return cell
 
 
-def _run_cell(board_name, kernel_suite, mode, reports, matrix_id, qemu="auto", cpu="", extra=()):
+def _run_cell(board_name, kernel_suite, mode, reports, matrix_id, qemu="auto", cpu="", extra=(), started_cell=None):
+    """Run one cell as ``pkvmlab run``; ``started_cell(proc)`` is told its process once it runs."""
     run_id = f"{matrix_id}/{_cell_id(kernel_suite, mode, qemu, cpu)}"
     root = project_root()
     cmd = [sys.executable, "-m", "pkvmlab.cli", "run", "--board", board_name, "--kernel-suite", kernel_suite,
@@ -67,9 +69,14 @@ def _run_cell(board_name, kernel_suite, mode, reports, matrix_id, qemu="auto", c
     # The cell dies with the matrix (childproc): SIGTERM, so that it still writes its JUnit file and
     # stops its QEMU (which has its own death signal, SIGKILL, should the cell itself be killed).  This
     # runs in a pool thread, which blocks here until the cell has exited: the death signal is tied to it.
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, preexec_fn=die_with_parent(signal.SIGTERM))
+    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=die_with_parent(signal.SIGTERM))
+    if started_cell is not None:
+        started_cell(proc)
+    stdout, stderr = proc.communicate()
     run_dir = Path(reports) / run_id
-    (run_dir / "pytest-output.txt").write_text(proc.stdout + proc.stderr)
+    run_dir.mkdir(parents=True, exist_ok=True)     # a cell stopped before its run began made none
+    (run_dir / "pytest-output.txt").write_text(stdout + stderr)
     return {"kernel": kernel_suite, "mode": mode, "qemu": qemu, "cpu": cpu, "exit": proc.returncode,
             "run_dir": run_dir, "seconds": round(time.monotonic() - started, 1)}
 
@@ -96,29 +103,14 @@ def run_matrix(args):
          f"{args.jobs} at once, into {matrix_dir}")
     matrix_dir.mkdir(parents=True)
     health = None
+    combos = [(k, m, q, c) for k in kernels for m in modes for q in qemus for c in cpus]
     if places:
         note(f"matrix: {len(places[1])} places ({', '.join(places[1])}) on {places[0]}; no separate health check: "
              "a cell failing for the lab is retried once on another place")
-    elif getattr(args, "health_check", True):
-        from .healthcheck import run_health_check
-        health = run_health_check(str(board.path), reports, matrix_id,
-                                  preexec_fn=die_with_parent(signal.SIGTERM))   # as a cell: see _run_cell
-        note(f"matrix: health check of {board.name}: " + ("ok" if health["exit"] == 0 else
-             f"FAILED (exit {health['exit']}): {health['message']}") + f" in {health['seconds']} s")
-    combos = [(k, m, q, c) for k in kernels for m in modes for q in qemus for c in cpus]
-    if health is not None and health["exit"] != 0:
-        results = [_skipped_cell(board.name, reports, matrix_id, combo, health) for combo in combos]
-    elif places:
         results = _run_cells_on_places(str(board.path), combos, reports, matrix_id, matrix_dir, *places)
     else:
-        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-            futures = [pool.submit(_run_cell, str(board.path), k, m, reports, matrix_id, q, c) for k, m, q, c in combos]
-            results = []
-            for future in futures:
-                result = future.result()
-                note(f"matrix: {_cell_id(result['kernel'], result['mode'], result['qemu'], result['cpu'])}: "
-                     f"exit {result['exit']} in {result['seconds']} s")
-                results.append(result)
+        results, health = _run_cells(board, combos, reports, matrix_id, max(1, args.jobs),
+                                     health_check=getattr(args, "health_check", True))
     wall = time.monotonic() - started
     title = f"pkvmlab matrix on {board.name}: {len(results)} boots in {wall:.0f} s"
     banner = ""
@@ -149,6 +141,56 @@ def run_matrix(args):
     if health is not None and health["exit"] != 0:
         return health["exit"]
     return run_exit_code([r["exit"] if (r["run_dir"] / "junit.xml").is_file() else None for r in results])
+
+
+def _run_cells(board, combos, reports, matrix_id, jobs, health_check=True):
+    """Every cell, ``jobs`` at a time, beside the board's health check; returns (results, health or None).
+
+    The health check takes the first of the ``jobs`` slots and the first cells the others, so
+    its boot costs the matrix no time of its own when the board is healthy.  When it fails,
+    the cells already running are stopped (SIGTERM: each still ends its own run cleanly), none
+    starts after it, and every cell is written skipped with the check's first cause: a broken
+    board spends at most ``jobs - 1`` boots, never the whole matrix.
+    """
+    stop = threading.Event()
+    running, lock = set(), threading.Lock()
+
+    def started_cell(proc):
+        with lock:
+            running.add(proc)
+            if stop.is_set():
+                proc.terminate()
+
+    def cell(combo):
+        if stop.is_set():
+            return None
+        kernel, mode, qemu, cpu = combo
+        result = _run_cell(str(board.path), kernel, mode, reports, matrix_id, qemu, cpu, started_cell=started_cell)
+        if not stop.is_set():
+            note(f"matrix: {_cell_id(kernel, mode, qemu, cpu)}: exit {result['exit']} in {result['seconds']} s")
+        return result
+
+    def check():
+        from .healthcheck import run_health_check
+        health = run_health_check(str(board.path), reports, matrix_id,
+                                  preexec_fn=die_with_parent(signal.SIGTERM))   # as a cell: see _run_cell
+        note(f"matrix: health check of {board.name}: " + ("ok" if health["exit"] == 0 else
+             f"FAILED (exit {health['exit']}): {health['message']}") + f" in {health['seconds']} s")
+        if health["exit"] != 0:
+            with lock:
+                stop.set()
+                for proc in running:
+                    proc.terminate()
+        return health
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        health_future = pool.submit(check) if health_check else None
+        futures = [pool.submit(cell, combo) for combo in combos]
+        results = [future.result() for future in futures]
+        health = health_future.result() if health_future is not None else None
+    if health is not None and health["exit"] != 0:
+        results = [_skipped_cell(board.name, reports, matrix_id, combo, health) for combo in combos]
+    return results, health
 
 
 def _matrix_places(args):

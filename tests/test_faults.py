@@ -159,7 +159,9 @@ def test_qemu_killed_mid_boot_is_retried_when_the_board_allows_and_recorded(tmp_
     assert "=== pkvmlab: boot attempt 2 ===" in log.read_text(errors="replace")
 
 
-def test_matrix_on_a_board_that_fails_its_health_check_runs_no_cell(tmp_path):
+def test_matrix_on_a_board_that_fails_its_health_check_skips_every_cell(tmp_path):
+    """The health check runs beside the first cell: when it fails, that cell is stopped and every cell
+    is reported skipped with the check's first cause."""
     board = board_variant(tmp_path, "qemu-virt", {}, env_replace={"-no-reboot": "-no-reboot -bogus"})
     started = time.monotonic()
     proc = pkvmlab("matrix", "--board", str(board), "--kernels", "trixie-backports", "--modes", "protected,nvhe",

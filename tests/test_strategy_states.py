@@ -8,7 +8,7 @@ from pkvmlab.lab.strategystate import parse_status
 
 
 @pytest.mark.parametrize("module, valid", [
-    (bootstrategy, "off, shell"),
+    (bootstrategy, "off, booting, shell"),
     (androidstrategy, "off, bootloader, flashed, android, root"),
 ])
 def test_wrong_state_name_lists_the_valid_ones(module, valid):

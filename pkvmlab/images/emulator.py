@@ -65,8 +65,45 @@ class Emulator:
                 "source": self.source, "package": self.package}
 
 
+def _file_identity(path):
+    """What changes when ``path`` is replaced or rewritten: device, inode, size, modification time."""
+    st = Path(path).resolve().stat()
+    return [str(Path(path).resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def _remembered(kind, files, compute):
+    """``compute()``, remembered in the cache under the identity of ``files`` (paths).
+
+    Asking a QEMU binary for its version and dpkg for its package costs 25-70 ms
+    of subprocesses per run, before the boot can start; the answer only changes
+    when one of the files does (a new binary, a dpkg database written by an
+    install), so a warm run reads it back instead.  A file that cannot be stat'ed
+    is asked every time.
+    """
+    from .cache import Cache, sha256_bytes
+    try:
+        identity = [_file_identity(f) for f in files]
+    except OSError:
+        return compute()
+    cache = Cache()
+    key = f"probe-{kind}-{sha256_bytes(repr(identity).encode())[:24]}"
+    record = cache.read_record(key)
+    if record is not None and record.get("identity") == identity:
+        return record["value"]
+    value = compute()
+    try:
+        cache.put_record(key, {"identity": identity, "value": value})
+    except OSError:
+        pass    # a read-only cache: asked again next time
+    return value
+
+
 def query_version(binary):
     """(version, version line) of a QEMU binary; InfrastructureError with its own words if it cannot run."""
+    return tuple(_remembered("qemu-version", [binary], lambda: _ask_version(binary)))
+
+
+def _ask_version(binary):
     try:
         proc = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30)
     except OSError as err:
@@ -82,8 +119,17 @@ def query_version(binary):
     return match.group(1), match.group(0).strip()
 
 
+DPKG_STATUS = "/var/lib/dpkg/status"      # rewritten by every install or removal
+
+
 def host_package(binary):
     """'package version' owning ``binary`` according to dpkg, or ''."""
+    if not Path(DPKG_STATUS).is_file():
+        return _ask_package(binary)
+    return _remembered("dpkg-owner", [binary, DPKG_STATUS], lambda: _ask_package(binary))
+
+
+def _ask_package(binary):
     try:
         owner = subprocess.run(["dpkg-query", "-S", str(Path(binary).resolve())], capture_output=True, text=True)
         name = owner.stdout.split(":", 1)[0].strip() if owner.returncode == 0 else ""
@@ -114,11 +160,15 @@ def host_arch():
         return {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
 
 
-def _host_emulator():
+def _host_emulator(min_version=None):
+    """The host's QEMU, or None; also None when it is older than ``min_version`` (then its package,
+    which only a chosen emulator records, is not asked for)."""
     binary = shutil.which(BINARY)
     if not binary:
         return None
     version, line = query_version(binary)
+    if min_version is not None and version_tuple(version) < version_tuple(min_version):
+        return Emulator(binary=Path(binary), version=version, version_line=line, source="host")
     return Emulator(binary=Path(binary), version=version, version_line=line, source="host",
                     package=host_package(binary))
 
@@ -263,7 +313,7 @@ def resolve_emulator(spec, min_version=None, cache=None, refresh=False, where="-
         return Emulator(binary=binary.resolve(), version=version, version_line=line, source="file")
     if spec != "auto":
         return _debian_emulator(spec, cache, refresh, lock)
-    host = _host_emulator()
+    host = _host_emulator(min_version)
     if host is not None and (min_version is None or version_tuple(host.version) >= version_tuple(min_version)):
         return host
     codename = host_codename()

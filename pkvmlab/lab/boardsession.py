@@ -32,6 +32,10 @@ class RuntimeFacts:
     dev_kvm: bool = None
     cmdline: str = None
 
+    @property
+    def complete(self):
+        return None not in (self.release, self.machine, self.dev_kvm, self.cmdline)
+
     @classmethod
     def parse(cls, lines):
         values = {}
@@ -121,9 +125,21 @@ class BoardSession:
         return text
 
     def collect_facts(self):
-        """One round trip for the runtime facts, then parse the kernel log."""
-        lines, _ = self.run(FACTS_COMMAND)
-        self.runtime = RuntimeFacts.parse(lines)
+        """The runtime facts, then the kernel log parsed.
+
+        pkvmlab's own initramfs (``images/initramfs/init``) prints the runtime facts
+        on the console just before it starts the shell, in the form FACTS_COMMAND
+        prints them; where this boot's console shows all of them, that saves a
+        round trip (0.1 s).  Any other board (its own root filesystem, a phone) is
+        asked over its shell.
+        """
+        runtime = None
+        if self.console_log is not None:
+            runtime = RuntimeFacts.parse(self.console_log.text_of_last_boot().splitlines())
+        if runtime is None or not runtime.complete:
+            lines, _ = self.run(FACTS_COMMAND)
+            runtime = RuntimeFacts.parse(lines)
+        self.runtime = runtime
         self.facts = parse_boot_log(self.kernel_log())
         if self.console_log is not None:
             self.console_facts = self.facts

@@ -1,10 +1,16 @@
-"""BootShellStrategy: off -> shell, once per session, with a deadline and a verdict on failure.
+"""BootShellStrategy: off -> booting -> shell, once per session, with a deadline and a verdict on failure.
 
 Like labgrid's ShellStrategy, but a boot that goes wrong ends in one clear
 :class:`~pkvmlab.errors.BootError` instead of a hang or a bare pexpect TIMEOUT:
 it watches the console for the shell prompt, a kernel panic, or the VM going
 away, within ``boot_timeout`` seconds, and the error carries the last console
 lines.  It also measures the boot (power on to prompt), which the run records.
+
+``booting`` is the board powered on with nobody waiting for it yet: the run
+powers the board on as soon as the environment is loaded and lets pytest
+collect the suites while the kernel boots (labgrid's ShellStrategy only powers
+on once a test asks for the shell).  Nothing is read from the console in that
+state, so whoever asks for ``shell`` next reads the boot from its first byte.
 
 Config:
     boot_timeout (float): seconds from power-on to the shell prompt (default 60)
@@ -33,7 +39,8 @@ BOOT_FAILURES = (
 class Status(enum.Enum):
     unknown = 0
     off = 1
-    shell = 2
+    booting = 2     # powered on, the console not read yet
+    shell = 3
 
 
 @target_factory.reg_driver
@@ -52,6 +59,7 @@ class BootShellStrategy(Strategy):
         super().__attrs_post_init__()
         self.boot_seconds = None
         self.console_log = None   # a pkvmlab.lab.consolelog.ConsoleLog, set by whoever wants one
+        self._powered_on = None   # monotonic time of the last power-on
 
     @never_retry
     @step(args=["status"])
@@ -66,19 +74,25 @@ class BootShellStrategy(Strategy):
             self.target.deactivate(self.shell)
             self.target.activate(self.power)
             self.power.off()
-        elif status == Status.shell:
+        elif status == Status.booting:
             self.transition(Status.off)
             self.target.activate(self.console)
-            self._boot_to_prompt()
+            self._powered_on = time.monotonic()
+            self.power.on()
+        elif status == Status.shell:
+            if self.status != Status.booting:
+                self.transition(Status.booting)
+            self._wait_for_prompt()
             self.target.activate(self.shell)
         self.status = status
 
-    def _boot_to_prompt(self):
+    def _wait_for_prompt(self):
         prompt = self.shell.prompt.encode() if isinstance(self.shell.prompt, str) else self.shell.prompt
-        started = time.monotonic()
-        self.power.on()
+        started = self._powered_on
         patterns = [prompt] + [regex for _, regex in BOOT_FAILURES] + [EOF, TIMEOUT]
-        index, _, match, _ = self.console.expect(patterns, timeout=self.boot_timeout)
+        # The deadline counts from power-on, however long the board was left booting unwatched.
+        left = max(0.0, self.boot_timeout - (time.monotonic() - started))
+        index, _, match, _ = self.console.expect(patterns, timeout=left)
         elapsed = time.monotonic() - started
         if index == 0:
             self.boot_seconds = elapsed
@@ -105,6 +119,7 @@ class BootShellStrategy(Strategy):
             self.power.off()
         except Exception:  # noqa: BLE001 - the boot error is what matters; the power-off is best effort
             self.logger.warning("power off after a failed boot failed too", exc_info=True)
+        self.status = Status.off      # a retry powers on again
         error = BootError(f"{message} [{self.target.name}]", console_tail=tail, log_path=log)
         error.infrastructure = infrastructure
         raise error

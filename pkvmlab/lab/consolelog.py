@@ -8,6 +8,8 @@ loses nothing that was read.  A bounded tail stays in memory for error messages.
 
 from labgrid.step import steps
 
+ATTEMPT_MARK = b"\n=== pkvmlab: boot attempt "    # where a retried boot starts in the log
+
 
 class ConsoleLog:
     def __init__(self, console, path, tail_bytes=64 * 1024):
@@ -40,6 +42,15 @@ class ConsoleLog:
         """Everything logged so far (read back from the file)."""
         with open(self.path, "rb") as file:
             return file.read().decode("utf-8", errors="replace")
+
+    def mark_attempt(self, number):
+        """Mark where boot attempt ``number`` (a retry) starts."""
+        self.write(ATTEMPT_MARK + f"{number} ===\n".encode())
+
+    def text_of_last_boot(self):
+        """What the board printed since its last boot attempt started (all of it, if it booted once)."""
+        with open(self.path, "rb") as file:
+            return file.read().rsplit(ATTEMPT_MARK, 1)[-1].decode("utf-8", errors="replace")
 
     def tail(self, lines=30):
         text = self._tail.decode("utf-8", errors="replace")

@@ -36,9 +36,11 @@ def booted(request, pkvmlab_run, target):
     # stops pytest from rewriting asserts in labgrid's own pytest plugin (and it warns).
     from ..lab.boardsession import BoardSession
     from ..lab.consolelog import ConsoleLog
+    from .warmup import prepare_report
     run = pkvmlab_run
     add_property = _property_adder(request.config, run)
     strategy = target.get_strategy()
+    configure_strategy(strategy, run.board)
     console_log = None
     try:
         console = target.get_driver("ConsoleProtocol", activate=False)
@@ -48,8 +50,6 @@ def booted(request, pkvmlab_run, target):
         console_log = ConsoleLog(console, run.run_dir / "console.log")
     if hasattr(strategy, "console_log"):
         strategy.console_log = console_log
-    if hasattr(strategy, "boot_timeout"):
-        strategy.boot_timeout = run.board.boot_timeout
     session = BoardSession(board=run.board, target=target, strategy=strategy, run_dir=run.run_dir,
                            provisioned=run.provisioned, console_log=console_log)
     run.session = session
@@ -58,7 +58,10 @@ def booted(request, pkvmlab_run, target):
     say(f"pkvmlab: booting {run.board.name} to '{run.board.ready_state}' "
         f"(boot timeout {run.board.boot_timeout:.0f} s{log_path})")
     try:
-        run.timeline.mark("boot_start")
+        run.timeline.mark("boot_wait")
+        if run.powered_on_early is None:
+            run.timeline.mark("boot_start")
+        prepare_report()      # while the harness waits for the board (pkvmlab/plugin/warmup.py)
         boot_with_retries(run, strategy, console_log, say, add_property)
         run.timeline.mark("shell")
         if session.boot_seconds is not None:
@@ -66,8 +69,10 @@ def booted(request, pkvmlab_run, target):
         facts = session.collect_facts()
         run.timeline.mark("facts")
         marks = dict(run.timeline.marks)
+        # What this test's setup spent on the boot (the part before it, if the board was powered on early,
+        # was pytest's collection time, not the test's).
         run.boot_cost = (run.running.nodeid if run.running is not None else None,
-                         marks["facts"] - marks["boot_start"])
+                         marks["facts"] - marks["boot_wait"])
         took = f" in {session.boot_seconds:.1f} s" if session.boot_seconds is not None else ""
         say(f"pkvmlab: {run.board.name} ready{took}: kernel {session.runtime.release or facts.kernel_release}, "
             f"boot {facts.boot_el or 'EL unknown'}, KVM {facts.kvm_mode or 'unknown'}")
@@ -86,6 +91,53 @@ def booted(request, pkvmlab_run, target):
     finally:
         if console_log is not None:
             console_log.close()
+
+
+def configure_strategy(strategy, board):
+    """What the board file says about booting, given to the strategy before it powers on."""
+    if hasattr(strategy, "boot_timeout"):
+        strategy.boot_timeout = board.boot_timeout
+
+
+def power_on_early(config, run):
+    """Power the board on now (session start), so that it boots while pytest collects the suites.
+
+    Only for a strategy with a ``booting`` state (``BootShellStrategy``: powered on, console
+    not read yet); the ``booted`` fixture then waits for the prompt from there.  Anything that goes
+    wrong here (a broken environment, QEMU exiting at start) is left to that fixture: labgrid's
+    ``never_retry`` keeps the strategy's first error, so the first test that needs the board fails
+    with that cause, classified and in the JUnit file, exactly as if it had powered on itself.
+    Returns the strategy when it is booting.
+    """
+    from labgrid.pytestplugin.hooks import LABGRID_ENV_KEY
+    env = config.stash.get(LABGRID_ENV_KEY, None)
+    try:
+        target = env.get_target() if env is not None else None
+        strategy = target.get_strategy() if target is not None else None
+    except Exception:  # noqa: BLE001 - the target/strategy fixtures raise it again, where it is reported
+        return None
+    if strategy is None or "booting" not in getattr(type(strategy.status), "__members__", {}):
+        return None
+    configure_strategy(strategy, run.board)
+    run.timeline.mark("boot_start")
+    run.powered_on_early = strategy
+    try:
+        strategy.transition("booting")
+    except Exception:  # noqa: BLE001, S110 - kept by never_retry as strategy.broken; the fixture reports it
+        pass
+    return strategy
+
+
+def power_off_unused(run):
+    """A board powered on early that no test asked for (``-k`` matched no board test, a collection
+    error) is switched off again."""
+    strategy = run.powered_on_early
+    if strategy is None or strategy.broken is not None or getattr(strategy.status, "name", None) != "booting":
+        return      # used, or failed (a failed boot powered off already)
+    try:
+        strategy.transition("off")
+    except Exception:  # noqa: BLE001 - best effort at the end of a run; QEMU dies with the harness anyway
+        strategy.logger.warning("powering off the unused board failed", exc_info=True)
 
 
 def wiring_properties(target):
@@ -144,7 +196,7 @@ def boot_with_retries(run, strategy, console_log, say, add_property):
                     f"retrying ({number} of {run.board.boot_retries})")
                 strategy.broken = None     # labgrid's never_retry keeps the error; this retry is ours
                 if console_log is not None:
-                    console_log.write(f"\n=== pkvmlab: boot attempt {number + 1} ===\n".encode())
+                    console_log.mark_attempt(number + 1)
                 continue
             attempts.append({"attempt": number, "class": None, "message": "ready",
                              "seconds": round(time.monotonic() - started, 3)})

@@ -156,6 +156,7 @@ class RunState:
         self.interrupted_by = None   # "SIGTERM", "SIGINT", "SIGHUP" once a signal ended the run
         self.timeline = Timeline()   # where the run's time goes (timeline.json; the plugin replaces it)
         self.boot_cost = None        # (node id whose setup booted the board, seconds): not that test's time
+        self.powered_on_early = None  # the strategy, when the board was powered on at session start
         self.journal_error = None    # the OSError that stopped results.jsonl (disk full), if any
         self.dry = False             # --help, --collect-only...: nothing is provisioned or written
         self.kernel_suite_override = None   # --kernel-suite, when not the image set's own suite

@@ -14,6 +14,7 @@ value of the HTML and SVG templates (``autoescape``; the Markdown one is not HTM
 """
 
 import datetime
+import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -36,8 +37,12 @@ NAMES = {record.PASS: "passed", record.FAIL: "failed", record.FINDING: "findings
          record.ARTIFACT: "emulator artifacts", record.SKIP: "skipped"}
 
 
+@functools.lru_cache(maxsize=1)
 def environment():
-    """The Jinja2 environment of the report templates (package data: ``pkvmlab/report/templates``)."""
+    """The Jinja2 environment of the report templates (package data: ``pkvmlab/report/templates``).
+
+    One per process: Jinja2 compiles each template once per environment and keeps it.
+    """
     env = Environment(loader=PackageLoader("pkvmlab.report", "templates"),
                       autoescape=select_autoescape(("html.j2", "svg.j2"), default_for_string=True, default=False),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
