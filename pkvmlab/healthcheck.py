@@ -1,42 +1,19 @@
-"""Health check: one cheap boot to the shell before a matrix spends its boots on a board.
+"""Health check: a board that cannot reach its shell fails once, not in every cell of a matrix.
 
-As LAVA does before a device runs jobs, a board that cannot even reach its
-shell (QEMU broken, power switch down, board dead) is found once, at the cost
-of one boot, instead of failing every cell with the same error.  The check is
-a normal ``pkvmlab run`` of ``suites/boot`` with only ``test_reached_shell``;
-its JUnit file is kept (it is merged into the matrix report), and when it
-fails every cell is written as skipped with the health check's first cause.
+As LAVA does before a device runs jobs, a board that cannot even boot (QEMU
+broken, power switch down, board dead) is found at the cost of one boot instead
+of failing every cell with the same error.  The matrix (``pkvmlab.matrix``)
+spends no boot of its own on it: the first cell whose board fails to boot for
+the lab's reasons is the failed check, its JUnit file the first cause, and every
+cell that had not finished is written skipped with that cause (this module).
 """
 
-import subprocess
-import sys
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from .boards import project_root
 from .report.junit import write_junit
 
 HEALTH_TEST = "test_reached_shell"
-
-
-def run_health_check(board, reports, matrix_id, preexec_fn=None):
-    """Boot ``board`` (a name or board file) to its shell once; returns exit, seconds, message, run_dir."""
-    run_id = f"{matrix_id}/health-check"
-    root = project_root()
-    cmd = [sys.executable, "-m", "pkvmlab.cli", "run", "--board", board, "--reports", str(reports),
-           "--run-id", run_id, str(root / "suites" / "boot"), "-k", HEALTH_TEST, "-q", "-p", "no:cacheprovider"]
-    started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, preexec_fn=preexec_fn)
-    run_dir = Path(reports) / run_id
-    if run_dir.is_dir():
-        (run_dir / "pytest-output.txt").write_text(proc.stdout + proc.stderr)
-    message = first_problem(run_dir / "junit.xml") if proc.returncode else ""
-    if proc.returncode and not message:
-        lines = [line for line in (proc.stderr or proc.stdout).splitlines() if line.strip()]
-        message = lines[-1] if lines else f"exit code {proc.returncode}"
-    return {"exit": proc.returncode, "seconds": round(time.monotonic() - started, 1), "message": message,
-            "run_dir": run_dir}
 
 
 def first_problem(junit_path):

@@ -17,6 +17,7 @@ table (``matrix.md``, rows kernels × emulators × CPUs, columns modes) and the 
 changes with the emulator alone is marked an emulator artifact there (``table.emulator_artifacts``).
 """
 
+import json
 import re
 import shutil
 import signal
@@ -114,12 +115,13 @@ def run_matrix(args):
     wall = time.monotonic() - started
     title = f"pkvmlab matrix on {board.name}: {len(results)} boots in {wall:.0f} s"
     banner = ""
-    if health is not None and health["exit"] != 0:
-        banner = (f"**{board.name} failed its health check** (exit {health['exit']}): {health['message']}. "
-                  f"{len(results)} cells not run.")
+    if health is not None:
+        banner = (f"**{board.name} failed its health check**: it did not boot in {health['cell']} (exit "
+                  f"{health['exit']}): {health['message']}. {len(results) - 1} other cells not run.")
     inputs = [r["run_dir"] / "junit.xml" for r in results if (r["run_dir"] / "junit.xml").is_file()]
-    if health is not None and health["exit"] != 0 and (health["run_dir"] / "junit.xml").is_file():
-        inputs.insert(0, health["run_dir"] / "junit.xml")    # the failed check is the report's first cause
+    if health is not None and health["run_dir"] / "junit.xml" in inputs:
+        inputs.remove(health["run_dir"] / "junit.xml")
+        inputs.insert(0, health["run_dir"] / "junit.xml")    # the failed boot is the report's first cause
 
     from .report.merge import merge_junit
     merged = merge_junit(inputs, matrix_dir / "junit.xml")
@@ -138,22 +140,26 @@ def run_matrix(args):
     print((matrix_dir / "matrix.md").read_text())
     print(f"pkvmlab: matrix report {matrix_dir / 'junit.xml'}, table {matrix_dir / 'matrix.md'} ({wall:.0f} s)")
     from .outcome import run_exit_code
-    if health is not None and health["exit"] != 0:
+    if health is not None:
         return health["exit"]
     return run_exit_code([r["exit"] if (r["run_dir"] / "junit.xml").is_file() else None for r in results])
 
 
 def _run_cells(board, combos, reports, matrix_id, jobs, health_check=True):
-    """Every cell, ``jobs`` at a time, beside the board's health check; returns (results, health or None).
+    """Every cell, ``jobs`` at a time; returns (results, the cell whose board failed to boot, or None).
 
-    The health check takes the first of the ``jobs`` slots and the first cells the others, so
-    its boot costs the matrix no time of its own when the board is healthy.  When it fails,
-    the cells already running are stopped (SIGTERM: each still ends its own run cleanly), none
-    starts after it, and every cell is written skipped with the check's first cause: a broken
-    board spends at most ``jobs - 1`` boots, never the whole matrix.
+    Every cell's boot is the board's health check (LAVA boots a device once before it runs
+    jobs, so that a broken device fails once instead of in every job).  Here no boot of its
+    own is spent on it: the first cell whose board does not reach its shell for the lab's
+    reasons (exit 10 or 11 before the boot ended: QEMU that cannot start, a power switch or
+    console that does not answer) stops the matrix.  The cells then running are stopped
+    (SIGTERM: each still ends its own run cleanly), none starts after it, and every cell that
+    did not finish before it is written skipped with that boot's first cause; a broken board
+    spends at most ``jobs`` boots.  A kernel that panics or hangs is a finding of its own cell,
+    not the board's health.  ``health_check=False`` (``--no-health-check``) runs every cell regardless.
     """
     stop = threading.Event()
-    running, lock = set(), threading.Lock()
+    running, lock, failed = set(), threading.Lock(), []
 
     def started_cell(proc):
         with lock:
@@ -166,31 +172,40 @@ def _run_cells(board, combos, reports, matrix_id, jobs, health_check=True):
             return None
         kernel, mode, qemu, cpu = combo
         result = _run_cell(str(board.path), kernel, mode, reports, matrix_id, qemu, cpu, started_cell=started_cell)
-        if not stop.is_set():
-            note(f"matrix: {_cell_id(kernel, mode, qemu, cpu)}: exit {result['exit']} in {result['seconds']} s")
-        return result
-
-    def check():
-        from .healthcheck import run_health_check
-        health = run_health_check(str(board.path), reports, matrix_id,
-                                  preexec_fn=die_with_parent(signal.SIGTERM))   # as a cell: see _run_cell
-        note(f"matrix: health check of {board.name}: " + ("ok" if health["exit"] == 0 else
-             f"FAILED (exit {health['exit']}): {health['message']}") + f" in {health['seconds']} s")
-        if health["exit"] != 0:
-            with lock:
+        with lock:
+            if stop.is_set():
+                return None           # stopped, or ended after the board failed: not run
+            if health_check and _board_failed_to_boot(result):
+                failed.append(result)
                 stop.set()
                 for proc in running:
                     proc.terminate()
-        return health
+        note(f"matrix: {_cell_id(kernel, mode, qemu, cpu)}: exit {result['exit']} in {result['seconds']} s")
+        return result
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        health_future = pool.submit(check) if health_check else None
-        futures = [pool.submit(cell, combo) for combo in combos]
-        results = [future.result() for future in futures]
-        health = health_future.result() if health_future is not None else None
-    if health is not None and health["exit"] != 0:
-        results = [_skipped_cell(board.name, reports, matrix_id, combo, health) for combo in combos]
-    return results, health
+        results = list(pool.map(cell, combos))
+    if not failed:
+        return results, None
+    from .healthcheck import first_problem
+    health = dict(failed[0], message=first_problem(failed[0]["run_dir"] / "junit.xml") or f"exit {failed[0]['exit']}",
+                  cell=_cell_id(failed[0]["kernel"], failed[0]["mode"], failed[0]["qemu"], failed[0]["cpu"]))
+    note(f"matrix: {board.name} did not boot in {health['cell']} for the lab's reasons (exit {health['exit']}): "
+         f"{health['message']}; the other cells are not run")
+    return [result if result is not None else _skipped_cell(board.name, reports, matrix_id, combo, health)
+            for combo, result in zip(combos, results, strict=True)], health
+
+
+def _board_failed_to_boot(result):
+    """Whether a cell ended (configuration or infrastructure, exit 10/11) before its board reached the shell."""
+    from .outcome import CONFIGURATION, INFRASTRUCTURE
+    if result["exit"] not in (CONFIGURATION.exit_code, INFRASTRUCTURE.exit_code):
+        return False
+    try:
+        attempts = json.loads((result["run_dir"] / "boot_attempts.json").read_text())
+    except (OSError, ValueError):
+        return True       # ended before any boot was recorded
+    return not attempts or attempts[-1].get("class") is not None
 
 
 def _matrix_places(args):

@@ -160,8 +160,8 @@ def test_qemu_killed_mid_boot_is_retried_when_the_board_allows_and_recorded(tmp_
 
 
 def test_matrix_on_a_board_that_fails_its_health_check_skips_every_cell(tmp_path):
-    """The health check runs beside the first cell: when it fails, that cell is stopped and every cell
-    is reported skipped with the check's first cause."""
+    """Every cell's boot is the health check: the first that fails for the lab's reasons is reported with its
+    error, the matrix stops, and every other cell is reported skipped with that first cause."""
     board = board_variant(tmp_path, "qemu-virt", {}, env_replace={"-no-reboot": "-no-reboot -bogus"})
     started = time.monotonic()
     proc = pkvmlab("matrix", "--board", str(board), "--kernels", "trixie-backports", "--modes", "protected,nvhe",
@@ -173,9 +173,13 @@ def test_matrix_on_a_board_that_fails_its_health_check_skips_every_cell(tmp_path
     skipped = [s.get("message") for s in root.iter("skipped")]
     why = "qemu-virt failed its health check (infrastructure: QEMU exited at start (code 1): " \
           "qemu-system-aarch64: -bogus: invalid option)"
-    assert skipped == [f"not run: {why}"] * 2, skipped
-    assert [e.get("type") for e in root.iter("error")] == ["pkvmlab.infrastructure"]
-    assert "qemu-virt failed its health check** (exit 11)" in (matrix_dir / "matrix.md").read_text()
+    assert skipped == [f"not run: {why}"], skipped
+    # The cell that failed to boot: each of its tests errs with that first cause.
+    errors = {(e.get("type"), e.get("message")) for e in root.iter("error")}
+    assert errors == {("pkvmlab.infrastructure", "QEMU exited at start (code 1): qemu-system-aarch64: -bogus: "
+                                                 "invalid option")}, errors
+    assert "**qemu-virt failed its health check**: it did not boot in trixie-backports-" in \
+        (matrix_dir / "matrix.md").read_text()
 
 
 def test_env_file_that_is_not_yaml_is_one_line_naming_file_and_line(tmp_path):

@@ -137,7 +137,7 @@ PROPERTIES = {
     "pkvmlab.kvm_line": "the kernel's KVM line", "pkvmlab.dev_kvm": "yes/no", "pkvmlab.boot_attempts": "boots tried",
     INTERRUPTED_BY: "the signal that ended the run",
     "pkvmlab.place": "the labgrid place the run acquired", "pkvmlab.coordinator": "its coordinator (LG_COORDINATOR)",
-    "pkvmlab.health_check": "failed: the matrix ran no cell",
+    "pkvmlab.health_check": "failed: the board did not boot in another cell, so this one was not run",
     "pkvmlab.pvm.": "the EL probe's summary per check (create, host_read, control_read, teardown)",
 }
 
