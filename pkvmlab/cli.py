@@ -290,7 +290,7 @@ def build_parser():
     matrix.add_argument("--jobs", type=int, default=2, help="boards booted at once (default 2)")
     matrix.add_argument("--reports", help="reports directory (default: reports/)")
     matrix.add_argument("--no-health-check", dest="health_check", action="store_false",
-                        help="skip the boot-to-shell health check before the cells")
+                        help="run every cell even after one whose board failed to boot for the lab's reasons")
     _add_place_options(matrix, matrix=True)
     matrix.set_defaults(func=cmd_matrix)
 

@@ -76,10 +76,16 @@ def _children_left(session_leader_pid):
     return left
 
 
-@pytest.mark.parametrize("name", CATALOG)
-def test_catalog_board_without_hardware_fails_naming_the_resource(name, tmp_path):
+@pytest.fixture(scope="module", params=CATALOG)
+def run_without_hardware(request, tmp_path_factory):
+    """``pkvmlab run`` of a catalog board with nothing wired: once per board, for the checks below."""
+    process, seconds = _run(request.param, tmp_path_factory.mktemp(request.param))
+    return request.param, process, seconds
+
+
+def test_catalog_board_without_hardware_fails_naming_the_resource(run_without_hardware):
     """No board, no serial server, no PDU: the run fails at once and says which resource is missing."""
-    process, seconds = _run(name, tmp_path)
+    name, process, seconds = run_without_hardware
     output = process.stdout_text + process.stderr_text
     serial, power = _resources(name)
     host_port = power.split("//", 1)[1]
@@ -89,9 +95,8 @@ def test_catalog_board_without_hardware_fails_naming_the_resource(name, tmp_path
     assert seconds < 30, f"{name}: took {seconds:.1f} s"
 
 
-@pytest.mark.parametrize("name", CATALOG)
-def test_catalog_board_without_hardware_is_infrastructure(name, tmp_path):
-    process, seconds = _run(name, tmp_path)
+def test_catalog_board_without_hardware_is_infrastructure(run_without_hardware):
+    name, process, seconds = run_without_hardware
     assert process.returncode == 11, f"{name}: exit {process.returncode}"
     assert "power off failed: " in process.stdout_text + process.stderr_text
     assert seconds < 10, f"{name}: took {seconds:.1f} s"
