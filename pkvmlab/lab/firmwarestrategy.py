@@ -1,4 +1,4 @@
-"""FirmwareShellStrategy: off -> firmware -> shell on a board booted by its firmware (U-Boot or UEFI).
+"""FirmwareShellStrategy: off -> booting -> firmware -> shell on a board booted by its firmware (U-Boot or UEFI).
 
 Why ours: labgrid's UBootStrategy has no deadline of its own and no verdict
 (a missing prompt is a bare pexpect TIMEOUT), and knows nothing of TFTP
@@ -9,6 +9,12 @@ prompt with labgrid's UBootDriver, issues the boot commands, and waits for the
 shell prompt, every wait bounded; a failure is one BootError whose first line
 names the first cause (power/QEMU error, no U-Boot prompt, TFTP failure,
 panic, timeout) with the console's last lines.
+
+``booting`` is the board staged, powered on and its console open, with nobody
+reading it yet (as BootShellStrategy's): the run powers on while pytest
+collects.  The serial server (or QEMU's TCP socket) buffers what the firmware
+prints meanwhile, and U-Boot's autoboot countdown (2 s on Debian's QEMU build)
+is far longer than a collection (about 0.1 s).
 
 Config:
     boot_timeout (float): seconds from power-on to the shell prompt (the run sets it from the board file)
@@ -42,8 +48,9 @@ FAILURES = (
 class Status(enum.Enum):
     unknown = 0
     off = 1
-    firmware = 2
-    shell = 3
+    booting = 2     # staged, powered on, console open and not read yet
+    firmware = 3
+    shell = 4
 
 
 @target_factory.reg_driver
@@ -81,9 +88,12 @@ class FirmwareShellStrategy(Strategy):
             return
         if status == Status.off:
             self._off()
-        elif status == Status.firmware:
+        elif status == Status.booting:
             self.transition(Status.off)
             self._power_on()
+        elif status == Status.firmware:
+            if self.status != Status.booting:
+                self.transition(Status.booting)
             if self.uboot is not None:
                 self._uboot_prompt()
         elif status == Status.shell:
@@ -182,6 +192,7 @@ class FirmwareShellStrategy(Strategy):
                 self.power.off()
             except Exception:  # noqa: BLE001 - the boot error is what matters
                 self.logger.warning("power off after a failed boot failed too", exc_info=True)
+        self.status = Status.unknown    # a retry starts from off: power cycled, console reopened
         error = BootError(f"{message} [{self.target.name}]", console_tail=tail, log_path=log)
         error.infrastructure = infrastructure    # the lab's (power, serial, TFTP), not the board's
         raise error

@@ -12,10 +12,25 @@ raw floor (bench/boot_ratio.py --board qemu-uboot).  A serial server in front
 of a physical board does not stall its UART, but the harness still spends that
 CPU.  This driver reads everything the socket holds (up to 64 KiB) through the
 port's public ``fileno()``; RFC 2217 and local ports keep labgrid's own read.
+
+Two more costs of a raw TCP console, measured on qemu-uboot (bench/boot_ratio.py):
+
+* Every command round trip took at least 43 ms: pexpect writes a command and
+  its line end as two small writes, and Nagle's algorithm holds the second
+  until the first is acknowledged, which the peer delays by up to 40 ms (TCP
+  delayed ACK).  The socket gets ``TCP_NODELAY`` (tcp(7)): 0.044 -> 0.003 s a
+  round trip, over the 15-20 round trips of a U-Boot boot and the suites.
+* pyserial's ``socket://`` ``close()`` sleeps 0.3 s "in case of quick
+  reconnects" (``serial/urlhandler/protocol_socket.py``), after every run.
+  Nothing reconnects at once here (a power cycle comes first), so the
+  connection is shut down and closed without it.  pyserial has no public way to
+  skip the sleep: this reaches into its ``_socket``, and falls back to its
+  ``close()`` should that name change.
 """
 
 import os
 import select
+import socket
 
 import attr
 from labgrid.driver.serialdriver import SerialDriver
@@ -29,6 +44,27 @@ from pexpect import TIMEOUT
 class PkvmSerialDriver(SerialDriver):
     def _raw_socket(self):
         return isinstance(self.port, NetworkSerialPort) and self.port.protocol == "raw"
+
+    def open(self):
+        was_open = self.status
+        super().open()
+        if self._raw_socket() and not was_open:
+            with socket.socket(fileno=os.dup(self.serial.fileno())) as sock:   # the same TCP socket
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def close(self):
+        sock = getattr(self.serial, "_socket", None)
+        if not (self.status and self._raw_socket() and isinstance(sock, socket.socket)):
+            super().close()
+            return
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass        # the peer closed it first
+        sock.close()
+        self.serial._socket = None
+        self.serial.is_open = False
+        self.status = 0
 
     def _read(self, size=1, timeout=0.0, max_size=None):
         if not self._raw_socket():
