@@ -219,7 +219,10 @@ def test_full_reports_disk_is_one_line_and_leaves_no_partial_junit(tmp_path, siz
                        str(ROOT / "suites" / "boot"))
         assert proc.returncode == 11, output(proc)
         out = proc.stdout + proc.stderr
-        assert "INTERNALERROR" not in out and "Logging error" not in out and "Traceback" not in out, output(proc)
+        # Nothing crashed on the way out (each test's own error report carries its traceback, as pytest
+        # prints one for every error: Python's own format in board runs, hooks.py).
+        crashes = ("INTERNALERROR", "Logging error", "Exception ignored", "Error in atexit", "Fatal Python error")
+        assert not [c for c in crashes if c in out], output(proc)
         run_dir = mount / "run"
         assert not list(run_dir.glob(".*partial"))
         if (run_dir / "junit.xml").exists():
