@@ -63,7 +63,8 @@ def breakdown(timeline_path, total):
     data = json.loads(Path(timeline_path).read_text())
     marks = {m["name"]: m["time"] for m in data["marks"]}
     rows, last = [], marks.get("process_start")
-    for name, what in SPANS:
+    # In the order they happened (a board not powered on early has boot_start after collection).
+    for name, what in sorted(SPANS, key=lambda span: marks.get(span[0], 0)):
         if name not in marks or last is None:
             continue
         if name == "sessionfinish":
