@@ -14,9 +14,12 @@ rather than worked around in every caller:
   ``_read()`` serves: the guest never waits for the harness, also while the
   harness is busy elsewhere (collecting tests while the board boots, writing a
   report).  Measured: a board powered on before pytest's collection booted
-  0.3 s slower when nobody read its console during the collection.  Bytes the
-  thread has read but nobody has consumed yet are the only ones a SIGKILL of
-  the harness can lose from the console log;
+  0.3 s slower when nobody read its console during the collection.  The buffer
+  holds at most CONSOLE_BUFFER bytes: a guest that floods its console while
+  nobody reads (a test sleeping for minutes) is held up by QEMU as before,
+  instead of filling the harness's memory.  Bytes the thread has read but
+  nobody has consumed yet are the only ones a SIGKILL of the harness can lose
+  from the console log;
 * nothing ties QEMU's life to the harness: its only cleanup is an ``atexit``
   handler and ``on_deactivate``, which a SIGKILL (or OOM kill, or interpreter
   crash) never runs, so QEMU went on under PID 1 and its temp dir
@@ -51,6 +54,8 @@ from pexpect import EOF, TIMEOUT
 
 from ..errors import InfrastructureError
 from .childproc import die_with_parent, mark_owned, stop, sweep_stale
+
+CONSOLE_BUFFER = 1 << 20    # bytes read ahead of the harness; a boot prints about 40 KB
 
 
 @target_factory.reg_driver
@@ -136,6 +141,9 @@ class PkvmQEMUDriver(QEMUDriver):
         sock, self._clientsocket = self._clientsocket, None
         if sock is None:
             return
+        with self._arrived:
+            self._closing = True
+            self._arrived.notify_all()
         try:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -162,11 +170,17 @@ class PkvmQEMUDriver(QEMUDriver):
         """Read the console socket in a thread of its own, into ``self._received`` (see the module docstring)."""
         self._received = bytearray()
         self._console_end = None          # why the console ended (an EOF message), once it has
+        self._closing = False
         self._arrived = threading.Condition()
         sock = self._clientsocket
 
         def pump():
             while True:
+                with self._arrived:       # read ahead at most CONSOLE_BUFFER bytes
+                    while len(self._received) >= CONSOLE_BUFFER and not self._closing:
+                        self._arrived.wait()
+                    if self._closing:
+                        return
                 try:
                     data = sock.recv(65536)
                     end = None if data else "QEMU closed its console"
@@ -193,6 +207,7 @@ class PkvmQEMUDriver(QEMUDriver):
                 take = min(max_size, 65536) if max_size else 65536
                 data = bytes(self._received[:take])
                 del self._received[:take]
+                self._arrived.notify_all()    # room again, should the pump be waiting for it
                 return data
             if self._console_end is None:
                 raise TIMEOUT(f"Timeout of {timeout:.2f} seconds exceeded")
