@@ -119,7 +119,7 @@ def run_matrix(args):
     banner = ""
     if health is not None:
         banner = (f"**{board.name} failed its health check**: it did not boot in {health['cell']} (exit "
-                  f"{health['exit']}): {health['message']}. {len(results) - 1} other cells not run.")
+                  f"{health['exit']}): {health['message']}. {health['not_run']} other cells not run.")
     inputs = [r["run_dir"] / "junit.xml" for r in results if (r["run_dir"] / "junit.xml").is_file()]
     if health is not None and health["run_dir"] / "junit.xml" in inputs:
         inputs.remove(health["run_dir"] / "junit.xml")
@@ -191,7 +191,8 @@ def _run_cells(board, combos, reports, matrix_id, jobs, health_check=True):
         return results, None
     from .healthcheck import first_problem
     health = dict(failed[0], message=first_problem(failed[0]["run_dir"] / "junit.xml") or f"exit {failed[0]['exit']}",
-                  cell=_cell_id(failed[0]["kernel"], failed[0]["mode"], failed[0]["qemu"], failed[0]["cpu"]))
+                  cell=_cell_id(failed[0]["kernel"], failed[0]["mode"], failed[0]["qemu"], failed[0]["cpu"]),
+                  not_run=sum(result is None for result in results))
     note(f"matrix: {board.name} did not boot in {health['cell']} for the lab's reasons (exit {health['exit']}): "
          f"{health['message']}; the other cells are not run")
     return [result if result is not None else _skipped_cell(board.name, reports, matrix_id, combo, health)
