@@ -105,7 +105,7 @@ def run_matrix(args):
     matrix_dir.mkdir(parents=True)
     health = None
     combos = [(k, m, q, c) for k in kernels for m in modes for q in qemus for c in cpus]
-    from .plugin.warmup import prepare_report
+    from .report.warmup import prepare_report
     prepare_report()        # the merge and its page need them once the cells are done; meanwhile we wait
     if places:
         note(f"matrix: {len(places[1])} places ({', '.join(places[1])}) on {places[0]}; no separate health check: "

@@ -86,7 +86,8 @@ def _remembered(kind, files, compute):
     except OSError:
         return compute()
     cache = Cache()
-    key = f"probe-{kind}-{sha256_bytes(repr(identity).encode())[:24]}"
+    # One record per kind and files (overwritten when they change), so the cache does not grow with them.
+    key = f"probe-{kind}-{sha256_bytes(repr([i[0] for i in identity]).encode())[:24]}"
     record = cache.read_record(key)
     if record is not None and record.get("identity") == identity:
         return record["value"]

@@ -36,7 +36,7 @@ def booted(request, pkvmlab_run, target):
     # stops pytest from rewriting asserts in labgrid's own pytest plugin (and it warns).
     from ..lab.boardsession import BoardSession
     from ..lab.consolelog import ConsoleLog
-    from .warmup import prepare_report
+    from ..report.warmup import prepare_report
     run = pkvmlab_run
     add_property = _property_adder(request.config, run)
     strategy = target.get_strategy()
@@ -61,7 +61,7 @@ def booted(request, pkvmlab_run, target):
         run.timeline.mark("boot_wait")
         if run.powered_on_early is None:
             run.timeline.mark("boot_start")
-        prepare_report()      # while the harness waits for the board (pkvmlab/plugin/warmup.py)
+        prepare_report()      # while the harness waits for the board (pkvmlab/report/warmup.py)
         boot_with_retries(run, strategy, console_log, say, add_property)
         run.timeline.mark("shell")
         if session.boot_seconds is not None:
@@ -102,8 +102,8 @@ def configure_strategy(strategy, board):
 def power_on_early(config, run):
     """Power the board on now (session start), so that it boots while pytest collects the suites.
 
-    Only for a strategy with a ``booting`` state (``BootShellStrategy``: powered on, console
-    not read yet); the ``booted`` fixture then waits for the prompt from there.  Anything that goes
+    Only for a strategy with a ``booting`` state (``BootShellStrategy``, ``FirmwareShellStrategy``:
+    powered on, console not read yet); the ``booted`` fixture then waits for the prompt from there.  Anything that goes
     wrong here (a broken environment, QEMU exiting at start) is left to that fixture: labgrid's
     ``never_retry`` keeps the strategy's first error, so the first test that needs the board fails
     with that cause, classified and in the JUnit file, exactly as if it had powered on itself.

@@ -15,9 +15,9 @@ import threading
 
 def _prepare():
     try:
-        from ..report import publish  # noqa: F401 - the history, page and Allure modules
-        from ..report.html import environment
-        from ..report.junit import junit_schema
+        from . import publish  # noqa: F401 - the history, page and Allure modules
+        from .html import environment
+        from .junit import junit_schema
         junit_schema()
         environment().get_template("report.html.j2")
     except Exception:  # noqa: BLE001, S110 - the report step meets the same error and reports it there
