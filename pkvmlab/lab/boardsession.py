@@ -19,7 +19,8 @@ FACTS_COMMAND = (
     f"echo {_MARK}release=$(uname -r); "
     f"echo {_MARK}machine=$(uname -m); "
     f"if [ -e /dev/kvm ]; then echo {_MARK}dev_kvm=yes; else echo {_MARK}dev_kvm=no; fi; "
-    f"echo {_MARK}cmdline=$(cat /proc/cmdline)"
+    f"echo {_MARK}cmdline=$(cat /proc/cmdline); "
+    f"echo {_MARK}elprobe=$(command -v elprobe || echo none)"
 )
 
 
@@ -31,6 +32,7 @@ class RuntimeFacts:
     machine: str = None
     dev_kvm: bool = None
     cmdline: str = None
+    elprobe: str = None     # the EL probe's path on the board, "none" when it has none; optional
 
     @property
     def complete(self):
@@ -45,7 +47,7 @@ class RuntimeFacts:
                 values[key] = value.strip()
         dev_kvm = {"yes": True, "no": False}.get(values.get("dev_kvm"))
         return cls(release=values.get("release"), machine=values.get("machine"), dev_kvm=dev_kvm,
-                   cmdline=values.get("cmdline"))
+                   cmdline=values.get("cmdline"), elprobe=values.get("elprobe"))
 
 
 @dataclass
@@ -155,11 +157,16 @@ class BoardSession:
 
         The same static binary serves every board; boards without it in their
         image (phones, dev boards) get the provisioned copy over the target's
-        FileTransferProtocol (adb push, scp).
+        FileTransferProtocol (adb push, scp).  Where the runtime facts already say
+        (``elprobe=`` of FACTS_COMMAND, which pkvmlab's initramfs prints at boot), the
+        board is not asked again.
         """
-        lines, code = self.run("command -v elprobe")
-        if code == 0 and lines and lines[-1].startswith("/"):
-            return lines[-1].strip()
+        known = self.runtime.elprobe if self.runtime is not None else None
+        if known is None:
+            lines, code = self.run("command -v elprobe")
+            known = lines[-1].strip() if code == 0 and lines else "none"
+        if known.startswith("/"):
+            return known
         local = self.provisioned.path("elprobe") if self.provisioned else None
         if local is None or not local.exists():
             raise FileNotFoundError(f"board {self.board.name} has no elprobe and its image set "

@@ -14,6 +14,15 @@ from pkvmlab.isolation import Context, precondition, summary_properties
 
 PROBE_TIMEOUT = 30          # seconds the probe gives each VM before it kills it (its --timeout)
 PROBE_WALL_TIMEOUT = 150    # seconds the harness waits for the whole probe (two VMs + teardown, TCG)
+OUTPUT_MARK = "pkvmlab-probe-output:"
+
+
+def probe_output(lines):
+    """The lines after the last OUTPUT_MARK line (what the board printed before it is the kernel's)."""
+    for at in range(len(lines) - 1, -1, -1):
+        if lines[at].strip() == OUTPUT_MARK:
+            return lines[at + 1:]
+    return lines
 
 
 @pytest.fixture(scope="session")
@@ -32,10 +41,12 @@ def probe_run(booted, isolation_context, pkvmlab_run, suite_property):
     probe = booted.install_probe()
     out = f"{booted.work_dir}/elprobe.jsonl"
     # Output goes to a file first: kernel messages printed on the console while the
-    # probe runs (e.g. the pVM taint notice) cannot then split a JSON line.
-    _, code = booted.run(f"{shlex.quote(probe)} --timeout {PROBE_TIMEOUT} > {out} 2>&1", timeout=PROBE_WALL_TIMEOUT)
-    lines, _ = booted.run(f"cat {out}", timeout=60)
-    text = "\n".join(lines) + "\n"
+    # probe runs (e.g. the pVM taint notice) cannot then split a JSON line.  The file is
+    # printed after OUTPUT_MARK in the same command (one round trip on the console, not
+    # two); the command's exit code is the probe's.
+    lines, code = booted.run(f"{shlex.quote(probe)} --timeout {PROBE_TIMEOUT} > {out} 2>&1; code=$?; "
+                             f"echo {OUTPUT_MARK}; cat {out}; exit $code", timeout=PROBE_WALL_TIMEOUT)
+    text = "\n".join(probe_output(lines)) + "\n"
     (pkvmlab_run.run_dir / "elprobe.jsonl").write_text(text)
     run = parse_probe_output(text, exit_code=code)
     props = summary_properties(run)
