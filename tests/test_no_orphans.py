@@ -148,7 +148,8 @@ def test_sigkill_of_harness_kills_power_switch_qemu(tmp_path):
 
 def test_sigkill_of_matrix_ends_its_cells_and_their_qemu(tmp_path):
     """A matrix's runs (its health check's boot, its cells) get SIGTERM when the matrix dies: each ends its run
-    (JUnit marked interrupted) and its QEMU."""
+    (JUnit marked interrupted) and its QEMU.  The cells are forked from the matrix's warm server
+    (pkvmlab/cellserver.py), so a cell is a grandchild of the matrix."""
     matrix = subprocess.Popen([sys.executable, "-m", "pkvmlab.cli", "matrix", "--kernels", "trixie-backports",
                                "--modes", "protected", "--jobs", "1", "--reports", str(tmp_path)],
                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -156,7 +157,7 @@ def test_sigkill_of_matrix_ends_its_cells_and_their_qemu(tmp_path):
 
     def booting():
         nonlocal cell, qemu
-        for pid in children(matrix.pid):
+        for pid in [grandchild for child in children(matrix.pid) for grandchild in children(child)]:
             qemus = [q for q, cmd in children(pid).items() if "qemu-system" in cmd and "-serial" in cmd]
             if qemus:
                 cell, qemu = pid, qemus[0]
