@@ -11,7 +11,7 @@
 
 Harness and floor alternate, REPEAT times each (the matrix MATRIX_REPEAT times),
 and the medians are compared.  The breakdown of one harness run comes from the
-run's own ``timeline.json`` (pkvmlab/plugin/timeline.py).  Not a test: nothing
+run's own ``timeline.json`` (pkvmlab/timeline.py).  Not a test: nothing
 here asserts a time; results go to reports/bench-ratios-<stamp>.json.
 
     python bench/ratios.py [--board qemu-virt] [--repeat 5] [--matrix-repeat 1]
@@ -40,14 +40,16 @@ from pkvmlab.images.manifest import load_image_set  # noqa: E402
 from pkvmlab.images.provision import provision  # noqa: E402
 
 GOALS = {"boot": 1.2, "boot+pvm": 1.1, "matrix": 1.2}
-# timeline.json marks, in order, and what the span up to each one is.
-# The board powers on before collection (pkvmlab/plugin/fixtures.py power_on_early): from boot_start on,
-# collection and session set-up overlap the boot.
-SPANS = (("configure", "interpreter, imports, pytest start-up"), ("run_ready", "provisioning check, run set-up"),
-         ("boot_start", "labgrid target, power-on"), ("collected", "collection (board booting)"),
-         ("boot_wait", "session set-up (board booting)"), ("shell", "rest of the boot to the shell prompt"),
-         ("facts", "boot facts"), ("sessionfinish", "suites"), ("report_written", "JUnit + HTML + history"),
-         ("end", "records"))
+# timeline.json marks and what the span up to each one is.  `pkvmlab run` sets the run up and powers
+# the board on before pytest starts (pkvmlab/earlyboot.py: marks cli, run_ready, boot_start, then
+# configure); with pytest as the entry point the board powers on at session start
+# (pkvmlab/plugin/fixtures.py power_on_early).  From boot_start on, everything overlaps the boot.
+SPANS = (("cli", "interpreter, pkvmlab CLI"), ("configure", "interpreter, imports, pytest start-up"),
+         ("run_ready", "provisioning check, run set-up"), ("boot_start", "labgrid imported, target, power-on"),
+         ("collected", "collection (board booting)"), ("boot_wait", "session set-up (board booting)"),
+         ("shell", "rest of the boot to the shell prompt"), ("facts", "boot facts"), ("sessionfinish", "suites"),
+         ("report_written", "JUnit + HTML + history"), ("end", "records"))
+LATE_CONFIGURE = "pytest start-up, plugins (board booting)"
 
 
 def cell_board(board, mode):
@@ -72,6 +74,8 @@ def breakdown(timeline_path, total):
             floor = marks.get("facts", 0)
             for module, span in sorted(data["suites"].items(), key=lambda kv: kv[1]["start"]):
                 rows.append((f"  {module}", span["stop"] - max(span["start"], floor)))
+        if name == "configure" and marks.get("boot_start", marks[name]) < marks[name]:
+            what = LATE_CONFIGURE
         rows.append((what, marks[name] - last))
         last = marks[name]
     if last is not None and marks.get("process_start") is not None:

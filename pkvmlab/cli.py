@@ -161,6 +161,7 @@ def pytest_args_for_run(board, args, extra):
     if args.env:
         argv += ["--lg-env", args.env]
     for flag, value in (("--kernel-suite", args.kernel_suite), ("--kvm-mode", args.kvm_mode),
+                        ("--qemu", getattr(args, "qemu", None)), ("--cpu", getattr(args, "cpu", None)),
                         ("--reports", args.reports), ("--run-id", args.run_id)):
         if value:
             argv += [flag, value]
@@ -170,10 +171,11 @@ def pytest_args_for_run(board, args, extra):
 
 
 def cmd_run(args, extra):
-    import pytest
-
+    from .earlyboot import EarlyBoard, wanted
     from .hostdeps import ensure_qemu
     if args.place or args.reserve is not None:
+        import pytest
+
         # On a place of labgrid's coordinator: acquired first, released however the run ends (docs/lab.md).
         from .lab.placerun import held_place, split_reserve
         filters, extra = split_reserve(args.reserve, extra)
@@ -186,13 +188,23 @@ def cmd_run(args, extra):
     board = load_board(args.board)
     if board.emulator is not None:
         ensure_qemu(auto_install=True, echo=lambda m: print(m, file=sys.stderr))
-    return int(pytest.main(_imported_plugins_quiet() + pytest_args_for_run(board, args, extra)))
+    early = None
+    if wanted(extra):
+        early = EarlyBoard.start(args, extra)   # the board boots while pytest starts (pkvmlab/earlyboot.py)
+    import pytest
+    try:
+        return int(pytest.main(_imported_plugins_quiet() + pytest_args_for_run(board, args, extra),
+                               plugins=[early] if early is not None else []))
+    finally:
+        if early is not None:
+            early.abandon()
 
 
 def _imported_plugins_quiet():
     """pytest's warning that an imported plugin cannot be assert-rewritten, silenced where that is expected:
-    labgrid is imported already when the run holds a place, and in a matrix cell (forked warm,
-    pkvmlab/cellserver.py) pytest's and pkvmlab's plugins are too.  Their asserts are not the suites'."""
+    labgrid is imported already when the run holds a place or powered its board on before pytest
+    (pkvmlab/earlyboot.py), and in a matrix cell (forked warm, pkvmlab/cellserver.py) pytest's and
+    pkvmlab's plugins are too.  Their asserts are not the suites'."""
     if "labgrid" not in sys.modules:
         return []
     return ["-W", "ignore:Module already imported so cannot be rewritten:pytest.PytestAssertRewriteWarning"]
@@ -279,6 +291,8 @@ def build_parser():
     run.add_argument("--env", help="labgrid environment file instead of the board's")
     run.add_argument("--kernel-suite", help="boot the newest kernel of this Debian suite")
     run.add_argument("--kvm-mode", choices=("protected", "nvhe", "default", "none"))
+    run.add_argument("--qemu", help="emulator for QEMU boards: auto (default), host, a Debian suite, or a path")
+    run.add_argument("--cpu", help="QEMU -cpu instead of the board's emulator.cpu (e.g. cortex-a72: nVHE)")
     run.add_argument("--reports", help="reports directory (default: reports/)")
     run.add_argument("--run-id", help="name of the run directory")
     run.add_argument("--refresh", action="store_true", help="resolve image versions again")

@@ -10,9 +10,9 @@ from pkvmlab.boards import EmulatorArtifact, load_board, load_board_file
 from pkvmlab.errors import ConfigError
 from pkvmlab.images.emulator import query_version, resolve_emulator, version_tuple
 from pkvmlab.matrix import split_cpus
-from pkvmlab.plugin.run import with_cpu, with_kvm_mode
 from pkvmlab.report.junit import Case, Suite
 from pkvmlab.report.table import build_matrix, emulator_artifacts
+from pkvmlab.runstate import with_cpu, with_kvm_mode
 
 
 def test_auto_gives_a_qemu_at_least_the_boards_minimum():

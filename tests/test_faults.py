@@ -12,6 +12,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -246,8 +247,32 @@ def test_collect_only_and_help_write_nothing(tmp_path):
     assert "test_reached_shell" in proc.stdout or "--board" in proc.stdout
 
 
+def test_a_pytest_usage_error_after_the_early_power_on_leaves_no_run_behind(tmp_path):
+    """`pkvmlab run` sets the run up and powers the board on before pytest parses its own options
+    (pkvmlab/earlyboot.py); when pytest then rejects one, the board is powered off and the run
+    directory removed again: exactly what an unknown option left before, nothing."""
+    reports = tmp_path / "reports"
+    proc = subprocess.run([sys.executable, "-m", "pkvmlab.cli", "run", "--board", "qemu-virt", "--reports",
+                           str(reports), "--no-such-option", str(ROOT / "suites" / "boot")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 4, output(proc)          # pytest's usage error
+    assert "unrecognized arguments: --no-such-option" in proc.stderr, output(proc)
+    assert not reports.exists() or list(reports.iterdir()) == [], list(reports.rglob("*"))
+
+
+def test_plain_pytest_powers_the_board_on_at_session_start(tmp_path):
+    """With pytest as the entry point (no `pkvmlab run` before it) the plugin sets the run up in
+    pytest's configure and powers the board on at session start, before collection."""
+    proc = subprocess.run([str(ROOT / ".venv" / "bin" / "pytest"), "--lg-env", str(ROOT / "envs" / "qemu-virt.yaml"),
+                           "--reports", str(tmp_path), "--run-id", "run", "-q", "-p", "no:cacheprovider",
+                           str(ROOT / "suites" / "boot")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, output(proc)
+    marks = [m["name"] for m in json.loads((tmp_path / "run" / "timeline.json").read_text())["marks"]]
+    assert marks[:5] == ["process_start", "configure", "run_ready", "boot_start", "collected"], marks
+
+
 def test_runs_started_in_the_same_second_get_distinct_directories(tmp_path):
-    from pkvmlab.plugin.run import make_run_dir
+    from pkvmlab.runstate import make_run_dir
     with ThreadPoolExecutor(8) as pool:
         made = list(pool.map(lambda _: make_run_dir(tmp_path, "20261203-120000-qemu-virt", chosen=False),
                              range(8)))

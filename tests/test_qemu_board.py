@@ -42,11 +42,11 @@ def test_qemu_virt_boots_pkvm_and_passes(tmp_path):
     assert (f"pkvmlab: qemu-virt ready in {float(props['pkvmlab.boot_seconds']):.1f} s: kernel "
             f"{props['pkvmlab.kernel_release']}, boot EL2, KVM {props['pkvmlab.kvm_mode']}") in proc.stdout
     # Where the run's time went, from its own clock (bench/ratios.py reads this), in the order it happened:
-    # the board is powered on before pytest collects the suites, and boots meanwhile.
+    # `pkvmlab run` powers the board on before pytest starts (earlyboot.py), and it boots meanwhile.
     timeline = json.loads((run_dir / "timeline.json").read_text())
     names = [m["name"] for m in timeline["marks"]]
-    assert names == ["process_start", "configure", "run_ready", "boot_start", "collected", "boot_wait", "shell",
-                     "facts", "sessionfinish", "report_written", "end"], names
+    assert names == ["process_start", "cli", "run_ready", "boot_start", "configure", "collected", "boot_wait",
+                     "shell", "facts", "sessionfinish", "report_written", "end"], names
     times = [m["time"] for m in timeline["marks"]]
     assert times == sorted(times)
     assert set(timeline["suites"]) == {"suites/boot/test_boot.py"}

@@ -23,7 +23,7 @@ from pkvmlab.images.emulator import DEBIAN_PACKAGES, host_arch, resolve_emulator
 from pkvmlab.images.lock import lock_path, read_lock, write_lock
 from pkvmlab.images.manifest import load_image_set
 from pkvmlab.images.provision import provision
-from pkvmlab.plugin.run import RunState
+from pkvmlab.runstate import RunState
 
 UNREACHABLE = "http://127.0.0.1:9/nowhere"
 

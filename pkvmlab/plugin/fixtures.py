@@ -34,6 +34,7 @@ def booted(request, pkvmlab_run, target):
     """The board, booted once for the whole session to its ready state, with its facts collected."""
     # Imported here, not at module level: importing labgrid while pytest loads plugins
     # stops pytest from rewriting asserts in labgrid's own pytest plugin (and it warns).
+    from ..earlyboot import configure_strategy
     from ..lab.boardsession import BoardSession
     from ..lab.consolelog import ConsoleLog
     from ..report.warmup import prepare_report
@@ -93,39 +94,18 @@ def booted(request, pkvmlab_run, target):
             console_log.close()
 
 
-def configure_strategy(strategy, board):
-    """What the board file says about booting, given to the strategy before it powers on."""
-    if hasattr(strategy, "boot_timeout"):
-        strategy.boot_timeout = board.boot_timeout
-
-
 def power_on_early(config, run):
     """Power the board on now (session start), so that it boots while pytest collects the suites.
 
-    Only for a strategy with a ``booting`` state (``BootShellStrategy``, ``FirmwareShellStrategy``:
-    powered on, console not read yet); the ``booted`` fixture then waits for the prompt from there.  Anything that goes
-    wrong here (a broken environment, QEMU exiting at start) is left to that fixture: labgrid's
-    ``never_retry`` keeps the strategy's first error, so the first test that needs the board fails
-    with that cause, classified and in the JUnit file, exactly as if it had powered on itself.
-    Returns the strategy when it is booting.
+    ``pkvmlab run`` has done it before pytest started (``pkvmlab/earlyboot.py``); with pytest as
+    the entry point it is done here, through the environment labgrid's plugin made.
     """
     from labgrid.pytestplugin.hooks import LABGRID_ENV_KEY
-    env = config.stash.get(LABGRID_ENV_KEY, None)
-    try:
-        target = env.get_target() if env is not None else None
-        strategy = target.get_strategy() if target is not None else None
-    except Exception:  # noqa: BLE001 - the target/strategy fixtures raise it again, where it is reported
-        return None
-    if strategy is None or "booting" not in getattr(type(strategy.status), "__members__", {}):
-        return None
-    configure_strategy(strategy, run.board)
-    run.timeline.mark("boot_start")
-    run.powered_on_early = strategy
-    try:
-        strategy.transition("booting")
-    except Exception:  # noqa: BLE001, S110 - kept by never_retry as strategy.broken; the fixture reports it
-        pass
-    return strategy
+
+    from ..earlyboot import power_on
+    if run.powered_on_early is not None:
+        return run.powered_on_early
+    return power_on(config.stash.get(LABGRID_ENV_KEY, None), run)
 
 
 def power_off_unused(run):

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from _pytest.junitxml import xml_key
 
+from ..earlyboot import EarlyBoard
 from ..errors import ConfigError, PkvmlabError
+from ..runstate import KVM_ARM_MODES, RunState
+from ..timeline import Timeline
 from .records import finish_records, start_records
-from .run import KVM_ARM_MODES, RunState
-from .timeline import Timeline
 
 RUN_KEY = pytest.StashKey[RunState]()
 _CONSOLE_MARK_KEY = pytest.StashKey[int]()
@@ -86,20 +87,30 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "board(**facts): run the test only on boards whose file has these facts "
                                        "(console=adb, firmware=u-boot, ...)")
     dry = _print_only(config)
-    timeline = Timeline()
-    timeline.mark("configure")
-    try:
-        run = RunState.from_options(config.option, dry=dry)
-    except PkvmlabError as err:
-        _stop_before_start(err, dry)
-    if run is None:
-        return
-    timeline.mark("run_ready")
-    run.timeline = timeline
+    early = config.pluginmanager.get_plugin(EarlyBoard.NAME)     # `pkvmlab run` set the run up (earlyboot.py)
+    if early is not None and not dry:
+        if early.error is not None:
+            _stop_before_start(early.error, dry)
+        run = early.run
+        if run is None:
+            return
+        early.configured = True
+        run.timeline.mark("configure")
+    else:
+        timeline = Timeline()
+        timeline.mark("configure")
+        try:
+            run = RunState.from_options(config.option, dry=dry)
+        except PkvmlabError as err:
+            _stop_before_start(err, dry)
+        if run is None:
+            return
+        timeline.mark("run_ready")
+        run.timeline = timeline
+        run.export_environment()
     config.stash[RUN_KEY] = run
-    run.export_environment()
-    if not config.option.lg_env:
-        config.option.lg_env = str(run.board.env)
+    if not config.option.lg_env and early is None:
+        config.option.lg_env = str(run.board.env)     # labgrid's plugin makes the environment from it
     if config.option.tbstyle == "auto":
         # A board that fails to boot fails every test with the same chain of causes through labgrid,
         # and pytest's default style parses the source of each frame of each: 3.4 s against 1.0 s for

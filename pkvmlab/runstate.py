@@ -19,11 +19,11 @@ from pathlib import Path
 
 import yaml
 
-from ..boards import check_cpu, load_board, project_root
-from ..errors import ConfigError, InfrastructureError
-from ..images.emulator import resolve_emulator
-from ..images.manifest import load_image_set
-from ..images.provision import provision
+from .boards import check_cpu, load_board, project_root
+from .errors import ConfigError, InfrastructureError
+from .images.emulator import resolve_emulator
+from .images.manifest import load_image_set
+from .images.provision import provision
 from .timeline import Timeline
 
 # What each kvm-arm.mode leads to on a board whose CPU has VHE and EL2 (QEMU -cpu max) ...
@@ -243,7 +243,7 @@ class RunState:
     @property
     def identity(self):
         """The classname prefix of every test of this run (``pkvmlab.report.identity``)."""
-        from ..report.record import identity_prefix
+        from .report.record import identity_prefix
         return identity_prefix(self.board.name, self.board.kvm_arm_mode, cpu=self.cpu,
                                kernel_suite=self.kernel_suite_override, qemu=self.qemu_override)
 
@@ -268,7 +268,7 @@ class RunState:
         physical board's env names its lab's TFTP root instead and ignores this.  The
         directory carries an owner file, so one left by a SIGKILLed run is swept by the next.
         """
-        from ..lab.childproc import mark_owned, sweep_stale
+        from .lab.childproc import mark_owned, sweep_stale
         sweep_stale("pkvmlab-tftp-*")
         self.tftp_dir = tempfile.mkdtemp(prefix="pkvmlab-tftp-")
         mark_owned(self.tftp_dir)

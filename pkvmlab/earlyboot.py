@@ -1,0 +1,145 @@
+"""``pkvmlab run``: the board powered on before pytest starts.
+
+Why: on a QEMU board the boot is the run's floor, and whatever the harness does
+before the power-on is added to it.  Through pytest, the power-on waits for
+pytest's import and start-up, labgrid's pytest plugin (with its gRPC client) and
+pkvmlab's plugin: 0.48 s after the process started (measured on the 2-core CI
+machine), of which the power-on needs only the interpreter, labgrid, and the
+provisioning check (about 0.3 s).  So ``pkvmlab run`` does those first, powers the
+board on through labgrid (the environment, target and strategy the run then
+uses: nothing is made twice), and starts pytest while the board boots.  The
+pytest plugin takes the run's state and labgrid's environment from ``EarlyBoard``,
+a pytest plugin object handed to ``pytest.main``, instead of making them itself.
+
+``pytest --board NAME`` (pytest as the entry point) powers the board on at
+session start instead (``plugin/fixtures.py``, ``power_on_early``), as does
+``pkvmlab run`` with options that print only or that choose the board or the
+environment in pytest's spelling (``NOT_EARLY``).
+
+This module imports neither pytest nor pkvmlab's plugin package: it runs before them.
+"""
+
+import argparse
+
+import pluggy
+
+hookimpl = pluggy.HookimplMarker("pytest")
+
+# pytest options with which `pkvmlab run` leaves the power-on to pytest's session start: they print
+# only (nothing boots), or name the board, environment, coordinator or run where pytest parses them.
+NOT_EARLY = ("-h", "--help", "--version", "-V", "--co", "--collect-only", "--collectonly", "--fixtures",
+             "--funcargs", "--fixtures-per-test", "--markers", "--board", "--lg-env", "--lg-coordinator",
+             "--kernel-suite", "--kvm-mode", "--qemu", "--cpu", "--reports", "--run-id", "--refresh-images")
+
+
+def configure_strategy(strategy, board):
+    """What the board file says about booting, given to the strategy before it powers on."""
+    if hasattr(strategy, "boot_timeout"):
+        strategy.boot_timeout = board.boot_timeout
+
+
+def power_on(env, run):
+    """Power the board of labgrid environment ``env`` on, into its strategy's ``booting`` state.
+
+    Only for a strategy with a ``booting`` state (``BootShellStrategy``, ``FirmwareShellStrategy``:
+    powered on, console not read yet); the ``booted`` fixture then waits for the prompt from there.  Anything that goes
+    wrong here (a broken environment, QEMU exiting at start) is left to that fixture: labgrid's
+    ``never_retry`` keeps the strategy's first error, so the first test that needs the board fails
+    with that cause, classified and in the JUnit file, exactly as if it had powered on itself.
+    Returns the strategy when it is booting.
+    """
+    try:
+        target = env.get_target() if env is not None else None
+        strategy = target.get_strategy() if target is not None else None
+    except Exception:  # noqa: BLE001 - the target/strategy fixtures raise it again, where it is reported
+        return None
+    if strategy is None or "booting" not in getattr(type(strategy.status), "__members__", {}):
+        return None
+    configure_strategy(strategy, run.board)
+    run.timeline.mark("boot_start")
+    run.powered_on_early = strategy
+    try:
+        strategy.transition("booting")
+    except Exception:  # noqa: BLE001, S110 - kept by never_retry as strategy.broken; the fixture reports it
+        pass
+    return strategy
+
+
+def wanted(extra):
+    """Whether `pkvmlab run` with these pytest arguments powers the board on before pytest starts."""
+    return not any(arg.split("=", 1)[0] in NOT_EARLY for arg in extra)
+
+
+class EarlyBoard:
+    """The run set up and its board powered on by ``pkvmlab run``; a pytest plugin for ``pytest.main``.
+
+    ``error``: the PkvmlabError that stopped the set-up (bad board file, missing image); the pytest
+    plugin reports it exactly as if it had met it itself.  ``configured``: whether pytest took the run
+    over (a pytest usage error in the extra arguments stops pytest before that: ``abandon`` then).
+    """
+
+    NAME = "pkvmlab-early"
+
+    def __init__(self, run=None, env=None, error=None):
+        self.__name__ = self.NAME      # the name pytest registers this plugin object under
+        self.run, self.env, self.error = run, env, error
+        self.configured = False
+
+    @classmethod
+    def start(cls, args, extra):
+        """Set the run up from `pkvmlab run`'s arguments and power its board on."""
+        from .errors import PkvmlabError
+        from .runstate import RunState
+        from .timeline import Timeline
+        timeline = Timeline()
+        timeline.mark("cli")
+        option = argparse.Namespace(
+            pkvmlab_board=args.board, lg_env=args.env, pkvmlab_qemu=args.qemu, pkvmlab_cpu=args.cpu,
+            pkvmlab_kvm_mode=args.kvm_mode, pkvmlab_kernel_suite=args.kernel_suite, pkvmlab_reports=args.reports,
+            pkvmlab_run_id=args.run_id, pkvmlab_refresh_images=args.refresh,
+            pkvmlab_strict_findings="--strict-findings" in extra)
+        try:
+            run = RunState.from_options(option)
+        except PkvmlabError as err:
+            return cls(error=err)
+        if run is None:
+            return None
+        timeline.mark("run_ready")
+        run.timeline = timeline
+        run.export_environment()
+        from labgrid import Environment
+
+        import pkvmlab.lab  # noqa: F401 - pkvmlab's drivers and strategies, registered with labgrid
+        env = Environment(config_file=str(args.env or run.board.env))     # as the plugin sets --lg-env
+        power_on(env, run)
+        return cls(run, env)
+
+    @hookimpl(tryfirst=True)
+    def pytest_sessionstart(self, session):
+        """labgrid's plugin keeps its environment in ``config.stash``: this run's is the one made here.
+
+        (Its configure hook found no ``--lg-env``, so it made none; the first hook after it that
+        is not historic, and so can run after it, is the session start's.)"""
+        if self.env is not None and self.configured:
+            from labgrid.pytestplugin.hooks import LABGRID_ENV_KEY
+            session.config.stash[LABGRID_ENV_KEY] = self.env
+
+    def abandon(self):
+        """pytest stopped before it took the run over: power the board off, remove what set-up wrote."""
+        run = self.run
+        if run is None or self.configured:
+            return
+        strategy = run.powered_on_early
+        try:
+            if strategy is not None:
+                strategy.transition("off")
+            self.env.cleanup()
+        except Exception:  # noqa: BLE001, S110 - QEMU dies with this process anyway (die_with_parent)
+            pass
+        run.remove_scratch()
+        for name in ("images.json",):
+            (run.run_dir / name).unlink(missing_ok=True)
+        try:
+            run.run_dir.rmdir()       # only when nothing else is in it (a reused --run-id keeps its files)
+        except OSError:
+            pass
