@@ -20,6 +20,7 @@ This module imports neither pytest nor pkvmlab's plugin package: it runs before 
 """
 
 import argparse
+import threading
 
 import pluggy
 
@@ -65,6 +66,15 @@ def power_on(env, run):
     return strategy
 
 
+def _import_labgrid():
+    try:
+        import labgrid  # noqa: F401
+
+        import pkvmlab.lab  # noqa: F401 - pkvmlab's drivers and strategies, registered with labgrid
+    except Exception:  # noqa: BLE001, S110 - imported again in the main thread, which raises it there
+        pass
+
+
 def wanted(extra):
     """Whether `pkvmlab run` with these pytest arguments powers the board on before pytest starts."""
     return not any(arg.split("=", 1)[0] in NOT_EARLY for arg in extra)
@@ -93,6 +103,10 @@ class EarlyBoard:
         from .timeline import Timeline
         timeline = Timeline()
         timeline.mark("cli")
+        # labgrid is imported meanwhile: the provisioning check hashes what will boot (0.04 s, in
+        # hashlib, which lets go of the GIL) while the import runs Python.
+        importing = threading.Thread(target=_import_labgrid, name="pkvmlab-import-labgrid", daemon=True)
+        importing.start()
         option = argparse.Namespace(
             pkvmlab_board=args.board, lg_env=args.env, pkvmlab_qemu=args.qemu, pkvmlab_cpu=args.cpu,
             pkvmlab_kvm_mode=args.kvm_mode, pkvmlab_kernel_suite=args.kernel_suite, pkvmlab_reports=args.reports,
@@ -102,6 +116,8 @@ class EarlyBoard:
             run = RunState.from_options(option)
         except PkvmlabError as err:
             return cls(error=err)
+        finally:
+            importing.join()
         if run is None:
             return None
         timeline.mark("run_ready")
