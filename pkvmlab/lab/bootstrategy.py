@@ -27,7 +27,7 @@ from labgrid.strategy.common import Strategy, StrategyError, never_retry
 from pexpect import EOF, TIMEOUT
 
 from ..errors import BootError
-from .strategystate import parse_status
+from .strategystate import parse_status, prompt_left_unread
 
 # Seen on the console: the boot cannot end in a shell any more.
 BOOT_FAILURES = (
@@ -87,7 +87,7 @@ class BootShellStrategy(Strategy):
         self.status = status
 
     def _wait_for_prompt(self):
-        prompt = self.shell.prompt.encode() if isinstance(self.shell.prompt, str) else self.shell.prompt
+        prompt = prompt_left_unread(self.shell.prompt)
         started = self._powered_on
         patterns = [prompt] + [regex for _, regex in BOOT_FAILURES] + [EOF, TIMEOUT]
         # The deadline counts from power-on, however long the board was left booting unwatched.
@@ -95,9 +95,7 @@ class BootShellStrategy(Strategy):
         index, _, match, _ = self.console.expect(patterns, timeout=left)
         elapsed = time.monotonic() - started
         if index == 0:
-            self.boot_seconds = elapsed
-            # The prompt we matched is consumed; ask for a fresh one for the ShellDriver.
-            self.console.sendline("")
+            self.boot_seconds = elapsed      # the prompt itself is left for the ShellDriver
             return
         if index <= len(BOOT_FAILURES):
             what, _ = BOOT_FAILURES[index - 1]

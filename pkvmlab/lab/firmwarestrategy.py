@@ -35,7 +35,7 @@ from pexpect import EOF, TIMEOUT
 from ..errors import BootError
 from . import tftpstage
 from .bootstrategy import BOOT_FAILURES
-from .strategystate import parse_status
+from .strategystate import parse_status, prompt_left_unread
 
 FAILURES = (
     ("TFTP failed", re.compile(rb"(?:TFTP error[^\r\n]*|Retry count exceeded[^\r\n]*|"
@@ -165,13 +165,12 @@ class FirmwareShellStrategy(Strategy):
         self.console.sendline(boot)
 
     def _shell_prompt(self):
-        prompt = self.shell.prompt.encode() if isinstance(self.shell.prompt, str) else self.shell.prompt
+        prompt = prompt_left_unread(self.shell.prompt)
         patterns = [prompt] + [regex for _, regex in FAILURES] + [EOF, TIMEOUT]
         index, _, match, _ = self.console.expect(patterns, timeout=self._left())
         elapsed = time.monotonic() - self._started
         if index == 0:
-            self.boot_seconds = elapsed
-            self.console.sendline("")
+            self.boot_seconds = elapsed      # the prompt itself is left for the ShellDriver
             return
         if index <= len(FAILURES):
             what, _ = FAILURES[index - 1]
