@@ -20,6 +20,8 @@ This module imports neither pytest nor pkvmlab's plugin package: it runs before 
 """
 
 import argparse
+import contextlib
+import logging
 import threading
 
 import pluggy
@@ -66,6 +68,38 @@ def power_on(env, run):
     return strategy
 
 
+class _KeptRecords(logging.Handler):
+    def __init__(self, records):
+        super().__init__(logging.DEBUG)
+        self.records = records
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def _kept_logs():
+    """The log records of what runs inside, with labgrid's step log on, as pytest's run would log them.
+
+    harness.log is pytest's log file, whose handler exists only once pytest's session starts; labgrid's
+    StepLogger (its ``→ PkvmQEMUDriver.on()`` lines) is started by labgrid's pytest plugin, and it must
+    not be running when that plugin starts it.  So it runs here for the power-on only, and the records
+    are handed to pytest's handlers at session start (``EarlyBoard.pytest_sessionstart``).
+    """
+    from labgrid.logging import StepLogger
+    records, root = [], logging.getLogger()
+    keeper, level = _KeptRecords(records), root.level
+    root.addHandler(keeper)
+    root.setLevel(logging.DEBUG)
+    StepLogger.start()
+    try:
+        yield records
+    finally:
+        StepLogger.stop()
+        root.removeHandler(keeper)
+        root.setLevel(level)
+
+
 def _import_labgrid():
     try:
         import labgrid  # noqa: F401
@@ -94,6 +128,7 @@ class EarlyBoard:
         self.__name__ = self.NAME      # the name pytest registers this plugin object under
         self.run, self.env, self.error = run, env, error
         self.configured = False
+        self.log_records = []          # the power-on's log records, until pytest's handlers exist
 
     @classmethod
     def start(cls, args, extra):
@@ -127,8 +162,10 @@ class EarlyBoard:
 
         import pkvmlab.lab  # noqa: F401 - pkvmlab's drivers and strategies, registered with labgrid
         env = Environment(config_file=str(args.env or run.board.env))     # as the plugin sets --lg-env
-        power_on(env, run)
-        return cls(run, env)
+        early = cls(run, env)
+        with _kept_logs() as early.log_records:
+            power_on(env, run)
+        return early
 
     @hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session):
@@ -139,6 +176,13 @@ class EarlyBoard:
         if self.env is not None and self.configured:
             from labgrid.pytestplugin.hooks import LABGRID_ENV_KEY
             session.config.stash[LABGRID_ENV_KEY] = self.env
+        # pytest's log handlers (harness.log) are attached now: the power-on's records go there first.
+        root = logging.getLogger()
+        for record in self.log_records:
+            for handler in root.handlers:
+                if record.levelno >= handler.level:
+                    handler.handle(record)
+        self.log_records = []
 
     def abandon(self):
         """pytest stopped before it took the run over: power the board off, remove what set-up wrote."""
