@@ -26,11 +26,22 @@ Two more costs of a raw TCP console, measured on qemu-uboot (bench/boot_ratio.py
   connection is shut down and closed without it.  pyserial has no public way to
   skip the sleep: this reaches into its ``_socket``, and falls back to its
   ``close()`` should that name change.
+* A console that trickles costs a read per byte or two: U-Boot prints one
+  ``#`` per 10 TFTP blocks, about 3,800 of them over the 1.2 s a 51 MB kernel
+  takes, and every read is a labgrid step (event, step log, a regex search of
+  pexpect's buffer): 1,550 reads and about 0.4 s of the harness's CPU while
+  QEMU's TFTP server and U-Boot keep both cores busy, so the transfer itself
+  took 0.2-0.3 s longer than in the raw floor.  After STREAK reads in a row
+  that came less than TRICKLE apart, a read waits GATHER first and takes what
+  came meanwhile.  A command's round trip is a few reads, never such a streak,
+  so it keeps its latency.  Measured, qemu-uboot boot suite, 6 alternated runs
+  each: 5.93 s -> 5.68 s (raw floor 4.86 s).
 """
 
 import os
 import select
 import socket
+import time
 
 import attr
 from labgrid.driver.serialdriver import SerialDriver
@@ -38,10 +49,19 @@ from labgrid.factory import target_factory
 from labgrid.resource import NetworkSerialPort
 from pexpect import TIMEOUT
 
+# A console that trickles is read in gulps (see the module docstring): after STREAK reads in a row
+# each less than TRICKLE seconds after the last, a read first waits GATHER seconds.
+TRICKLE = 0.002
+STREAK = 8
+GATHER = 0.005
+
 
 @target_factory.reg_driver
 @attr.s(eq=False)
 class PkvmSerialDriver(SerialDriver):
+    _streak = 0
+    _last_read = 0.0
+
     def _raw_socket(self):
         return isinstance(self.port, NetworkSerialPort) and self.port.protocol == "raw"
 
@@ -73,7 +93,12 @@ class PkvmSerialDriver(SerialDriver):
         ready, _, _ = select.select([fd], [], [], timeout)
         if not ready:
             raise TIMEOUT(f"Timeout of {timeout:.2f} seconds exceeded")
+        if self._streak >= STREAK:
+            time.sleep(GATHER)       # a trickle (U-Boot's TFTP progress marks): take more of it at once
         data = os.read(fd, min(max_size, 65536) if max_size else 65536)
+        now = time.monotonic()
+        self._streak = self._streak + 1 if now - self._last_read < TRICKLE else 0
+        self._last_read = now
         if not data:      # as labgrid's driver says it: the peer closed the connection
             raise TIMEOUT(f"Timeout of {timeout:.2f} seconds exceeded or connection closed by peer")
         return data
