@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -49,10 +50,21 @@ INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _interrupt_handler(run):
+    """SIGINT/SIGTERM/SIGHUP: end the run as Ctrl-C does (pytest then writes its JUnit file).
+
+    The exception is raised wherever the main thread is, except inside importlib's own code:
+    raised there it leaves a module lock held, and the next import of that module waits for
+    it forever.  Measured in CI: a SIGTERM landed in an import of ``sqlite3`` while the
+    report's warm-up thread imported it too; the run then hung in its report step (60 s, killed
+    by the test).  There the signal is sent again 20 ms later, once the import is done.
+    """
     def handler(signum, frame):
         name = signal.Signals(signum).name
         if run.interrupted_by is None:
             run.interrupted_by = name
+        if frame is not None and frame.f_code.co_filename.startswith("<frozen importlib"):
+            threading.Timer(0.02, os.kill, (os.getpid(), signum)).start()
+            return
         raise KeyboardInterrupt(f"interrupted by {name}")
     return handler
 
