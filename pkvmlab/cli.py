@@ -11,6 +11,7 @@
 
 import argparse
 import atexit
+import gc
 import logging
 import os
 import signal
@@ -188,6 +189,10 @@ def cmd_run(args, extra):
     board = load_board(args.board)
     if board.emulator is not None:
         ensure_qemu(auto_install=True, echo=lambda m: print(m, file=sys.stderr))
+    # No garbage collection until pytest's session starts (the plugin freezes what start-up built, then
+    # enables it): start-up builds objects that live as long as the run, and the collector walked them
+    # again and again (measured: power-on 0.30 -> 0.28 s after start, pytest configured 0.65 -> 0.60 s).
+    gc.disable()
     early = None
     if wanted(extra):
         early = EarlyBoard.start(args, extra)   # the board boots while pytest starts (pkvmlab/earlyboot.py)

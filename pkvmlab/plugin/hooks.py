@@ -179,6 +179,7 @@ def pytest_sessionstart(session):
         # lives until it ends.  Frozen, those objects are not walked again by every collection
         # (pytest itself runs several at the end): measured 0.05 s of a 3.5 s run.
         gc.freeze()
+    gc.enable()     # `pkvmlab run` starts with it off (cli.py cmd_run)
     xml = session.config.stash.get(xml_key, None)
     if run is not None and xml is not None:
         xml.suite_name = run.suite_name
