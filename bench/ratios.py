@@ -45,7 +45,8 @@ GOALS = {"boot": 1.2, "boot+pvm": 1.1, "matrix": 1.2}
 # configure); with pytest as the entry point the board powers on at session start
 # (pkvmlab/plugin/fixtures.py power_on_early).  From boot_start on, everything overlaps the boot.
 SPANS = (("cli", "interpreter, pkvmlab CLI"), ("configure", "interpreter, imports, pytest start-up"),
-         ("run_ready", "provisioning check, run set-up"), ("boot_start", "labgrid imported, target, power-on"),
+         ("run_ready", "provisioning check (pkvmlab run: labgrid imported meanwhile)"),
+         ("boot_start", "labgrid environment, target"),
          ("collected", "collection (board booting)"), ("boot_wait", "session set-up (board booting)"),
          ("shell", "rest of the boot to the shell prompt"), ("facts", "boot facts"), ("sessionfinish", "suites"),
          ("report_written", "JUnit + HTML + history"), ("end", "records"))
