@@ -180,21 +180,26 @@ class EarlyBoard:
         try:
             run = RunState.from_options(option)
         except PkvmlabError as err:
-            return cls(error=err)
-        finally:
             importing.join()
+            return cls(error=err)
         if run is None:
+            importing.join()
             return None
-        timeline.mark("run_ready")
-        run.timeline = timeline
-        run.export_environment()
-        from labgrid import Environment
+        early = cls(run)
+        try:
+            importing.join()
+            timeline.mark("run_ready")
+            run.timeline = timeline
+            run.export_environment()
+            from labgrid import Environment
 
-        import pkvmlab.lab  # noqa: F401 - pkvmlab's drivers and strategies, registered with labgrid
-        env = Environment(config_file=str(args.env or run.board.env))     # as the plugin sets --lg-env
-        early = cls(run, env)
-        with _kept_logs() as early.log_records:
-            power_on(env, run)
+            import pkvmlab.lab  # noqa: F401 - pkvmlab's drivers and strategies, registered with labgrid
+            early.env = Environment(config_file=str(args.env or run.board.env))   # as the plugin sets --lg-env
+            with _kept_logs() as early.log_records:
+                power_on(early.env, run)
+        except BaseException:       # interrupted (Ctrl-C, SIGTERM) before pytest took the run over
+            early.abandon()
+            raise
         return early
 
     @hookimpl(tryfirst=True)
@@ -223,7 +228,8 @@ class EarlyBoard:
         try:
             if strategy is not None:
                 strategy.transition("off")
-            self.env.cleanup()
+            if self.env is not None:
+                self.env.cleanup()
         except Exception:  # noqa: BLE001, S110 - QEMU dies with this process anyway (die_with_parent)
             pass
         run.remove_scratch()

@@ -260,6 +260,21 @@ def test_a_pytest_usage_error_after_the_early_power_on_leaves_no_run_behind(tmp_
     assert not reports.exists() or list(reports.iterdir()) == [], list(reports.rglob("*"))
 
 
+def test_sigterm_while_the_board_powers_on_before_pytest_leaves_no_run_behind(tmp_path):
+    """A run stopped before pytest took it over (0.4 s in: the board powering on, pytest starting;
+    earlyboot.py) ends as interrupted, with its board off and no half-made run directory."""
+    reports = tmp_path / "reports"
+    proc = subprocess.Popen([sys.executable, "-m", "pkvmlab.cli", "run", "--board", "qemu-virt", "--reports",
+                             str(reports), str(ROOT / "suites" / "boot")], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    time.sleep(0.4)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 14, out
+    assert "interrupted" in out and "Traceback" not in out, out
+    assert not reports.exists() or list(reports.iterdir()) == [], list(reports.rglob("*"))
+
+
 def test_plain_pytest_powers_the_board_on_at_session_start(tmp_path):
     """With pytest as the entry point (no `pkvmlab run` before it) the plugin sets the run up in
     pytest's configure and powers the board on at session start, before collection."""

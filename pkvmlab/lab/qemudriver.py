@@ -81,6 +81,12 @@ class PkvmQEMUDriver(QEMUDriver):
         mark_owned(self._tempdir)
         atexit.register(shutil.rmtree, self._tempdir, ignore_errors=True)
 
+    def on_deactivate(self):
+        try:
+            super().on_deactivate()
+        except FileNotFoundError:
+            pass    # the atexit fallback above removed the temp dir first (exit after an interrupt)
+
     @step()
     def on(self):
         """Start QEMU paused, connect console and QMP within start_timeout, then let it run."""
