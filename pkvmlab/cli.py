@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .boards import known_boards, load_board, project_root
 from .errors import ConfigError, PkvmlabError
+from .interrupt import raise_interrupt
 
 EXIT_OK, EXIT_FAILED = 0, 1     # the other codes are the failure classes' (pkvmlab.outcome, README)
 
@@ -196,7 +197,7 @@ def cmd_run(args, extra):
     # SIGTERM and SIGHUP end the run as Ctrl-C does, also before pytest's plugin takes them over: a run
     # stopped while its board powers on leaves no run directory behind (EarlyBoard.abandon).
     for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _interrupted)
+        signal.signal(signum, raise_interrupt)
     early = None
     if wanted(extra):
         early = EarlyBoard.start(args, extra)   # the board boots while pytest starts (pkvmlab/earlyboot.py)
@@ -207,10 +208,6 @@ def cmd_run(args, extra):
     finally:
         if early is not None:
             early.abandon()
-
-
-def _interrupted(signum, frame):
-    raise KeyboardInterrupt(f"interrupted by {signal.Signals(signum).name}")
 
 
 def _imported_plugins_quiet():

@@ -261,13 +261,16 @@ def test_a_pytest_usage_error_after_the_early_power_on_leaves_no_run_behind(tmp_
 
 
 def test_sigterm_while_the_board_powers_on_before_pytest_leaves_no_run_behind(tmp_path):
-    """A run stopped before pytest took it over (0.4 s in: the board powering on, pytest starting;
-    earlyboot.py) ends as interrupted, with its board off and no half-made run directory."""
+    """A run stopped before pytest took it over (its QEMU just started, pytest starting; earlyboot.py)
+    ends as interrupted, with its board off and no half-made run directory."""
     reports = tmp_path / "reports"
     proc = subprocess.Popen([sys.executable, "-m", "pkvmlab.cli", "run", "--board", "qemu-virt", "--reports",
                              str(reports), str(ROOT / "suites" / "boot")], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    time.sleep(0.4)
+    deadline = time.monotonic() + 30
+    while not qemu_children(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    assert qemu_children(proc.pid), "QEMU never started"
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=60)[0]
     assert proc.returncode == 14, out

@@ -26,7 +26,7 @@ from labgrid.step import step
 from labgrid.strategy.common import Strategy, StrategyError, never_retry
 from pexpect import EOF, TIMEOUT
 
-from ..errors import BootError
+from ..errors import BootError, InfrastructureError
 from .strategystate import parse_status, prompt_left_unread
 
 # Seen on the console: the boot cannot end in a shell any more.
@@ -92,7 +92,13 @@ class BootShellStrategy(Strategy):
         patterns = [prompt] + [regex for _, regex in BOOT_FAILURES] + [EOF, TIMEOUT]
         # The deadline counts from power-on, however long the board was left booting unwatched.
         left = max(0.0, self.boot_timeout - (time.monotonic() - started))
-        index, _, match, _ = self.console.expect(patterns, timeout=left)
+        try:
+            index, _, match, _ = self.console.expect(patterns, timeout=left)
+        except InfrastructureError:
+            # The power driver's start-up failed after power.on() returned (PkvmQEMUDriver finishes
+            # QEMU's start-up while the board boots): its error, QEMU's own words, is the first cause.
+            self._power_off()
+            raise
         elapsed = time.monotonic() - started
         if index == 0:
             self.boot_seconds = elapsed      # the prompt itself is left for the ShellDriver
@@ -113,14 +119,18 @@ class BootShellStrategy(Strategy):
     def _fail(self, message, infrastructure=False):
         tail = self.console_log.tail(25) if self.console_log else ""
         log = self.console_log.path if self.console_log else None
+        self._power_off()
+        error = BootError(f"{message} [{self.target.name}]", console_tail=tail, log_path=log)
+        error.infrastructure = infrastructure
+        raise error
+
+    def _power_off(self):
+        """Power off after a failed boot, best effort; a retry powers on again."""
         try:
             self.power.off()
         except Exception:  # noqa: BLE001 - the boot error is what matters; the power-off is best effort
             self.logger.warning("power off after a failed boot failed too", exc_info=True)
-        self.status = Status.off      # a retry powers on again
-        error = BootError(f"{message} [{self.target.name}]", console_tail=tail, log_path=log)
-        error.infrastructure = infrastructure
-        raise error
+        self.status = Status.off
 
     @never_retry
     @step(args=["status"])

@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from _pytest.junitxml import xml_key
 
 from ..earlyboot import EarlyBoard
 from ..errors import ConfigError, PkvmlabError
+from ..interrupt import raise_interrupt
 from ..runstate import KVM_ARM_MODES, RunState
 from ..timeline import Timeline
 from .records import finish_records, start_records
@@ -50,22 +50,12 @@ INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _interrupt_handler(run):
-    """SIGINT/SIGTERM/SIGHUP: end the run as Ctrl-C does (pytest then writes its JUnit file).
-
-    The exception is raised wherever the main thread is, except inside importlib's own code:
-    raised there it leaves a module lock held, and the next import of that module waits for
-    it forever.  Measured in CI: a SIGTERM landed in an import of ``sqlite3`` while the
-    report's warm-up thread imported it too; the run then hung in its report step (60 s, killed
-    by the test).  There the signal is sent again 20 ms later, once the import is done.
-    """
+    """SIGINT/SIGTERM/SIGHUP: end the run as Ctrl-C does (pytest then writes its JUnit file); the run
+    remembers the first signal's name (``pkvmlab/interrupt.py`` says where it is raised, and where not)."""
     def handler(signum, frame):
-        name = signal.Signals(signum).name
         if run.interrupted_by is None:
-            run.interrupted_by = name
-        if frame is not None and frame.f_code.co_filename.startswith("<frozen importlib"):
-            threading.Timer(0.02, os.kill, (os.getpid(), signum)).start()
-            return
-        raise KeyboardInterrupt(f"interrupted by {name}")
+            run.interrupted_by = signal.Signals(signum).name
+        raise_interrupt(signum, frame)
     return handler
 
 
