@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import interrupt
 from .boards import known_boards, load_board, project_root
 from .errors import ConfigError, PkvmlabError
 from .interrupt import raise_interrupt
@@ -203,8 +204,14 @@ def cmd_run(args, extra):
         early = EarlyBoard.start(args, extra)   # the board boots while pytest starts (pkvmlab/earlyboot.py)
     try:
         import pytest
-        return int(pytest.main(_imported_plugins_quiet() + pytest_args_for_run(board, args, extra),
+        code = int(pytest.main(_imported_plugins_quiet() + pytest_args_for_run(board, args, extra),
                                plugins=[early] if early is not None else []))
+        if code == pytest.ExitCode.INTERRUPTED and interrupt.received and early is not None \
+                and not early.configured:
+            # Signalled while pytest configured itself, before pkvmlab's plugin took the run over: pytest
+            # says 2 and, its terminal not set up yet, nothing; the run ends as any interrupted start does.
+            raise KeyboardInterrupt(f"interrupted by {interrupt.received[0]}")
+        return code
     finally:
         if early is not None:
             early.abandon()

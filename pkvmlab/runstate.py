@@ -154,6 +154,7 @@ class RunState:
         self.running = None          # the pytest item running now (named in JUnit after an interrupt)
         self.outcomes = {}           # (nodeid, when) -> pkvmlab.outcome.Outcome of each failure
         self.interrupted_by = None   # "SIGTERM", "SIGINT", "SIGHUP" once a signal ended the run
+        self.session_running = False     # pytest's session collects or runs tests (plugin/hooks.py)
         self.timeline = Timeline()   # where the run's time goes (timeline.json; the plugin replaces it)
         self.boot_cost = None        # (node id whose setup booted the board, seconds): not that test's time
         self.powered_on_early = None  # the strategy, when the board was powered on at session start

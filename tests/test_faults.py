@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from boardrun import ROOT, SCHEMA, board_variant, parse_junit, pkvmlab, qemu_children, start_run, wait_for_console
@@ -260,9 +261,11 @@ def test_a_pytest_usage_error_after_the_early_power_on_leaves_no_run_behind(tmp_
     assert not reports.exists() or list(reports.iterdir()) == [], list(reports.rglob("*"))
 
 
-def test_sigterm_while_the_board_powers_on_before_pytest_leaves_no_run_behind(tmp_path):
-    """A run stopped before pytest took it over (its QEMU just started, pytest starting; earlyboot.py)
-    ends as interrupted, with its board off and no half-made run directory."""
+def test_sigterm_while_the_board_powers_on_leaves_no_half_made_run(tmp_path):
+    """A run stopped while its QEMU starts and pytest starts (earlyboot.py) ends as interrupted, its board
+    off, and leaves either nothing (stopped before pkvmlab's plugin took the run over: no run directory)
+    or a whole interrupted run (after: the signal is kept until the session runs, then ends it with its
+    JUnit file written).  Which one depends on where the signal lands; never a half-made run."""
     reports = tmp_path / "reports"
     proc = subprocess.Popen([sys.executable, "-m", "pkvmlab.cli", "run", "--board", "qemu-virt", "--reports",
                              str(reports), str(ROOT / "suites" / "boot")], cwd=ROOT, stdout=subprocess.PIPE,
@@ -270,12 +273,21 @@ def test_sigterm_while_the_board_powers_on_before_pytest_leaves_no_run_behind(tm
     deadline = time.monotonic() + 30
     while not qemu_children(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.002)
-    assert qemu_children(proc.pid), "QEMU never started"
+    qemu = qemu_children(proc.pid)
+    assert qemu, "QEMU never started"
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=60)[0]
     assert proc.returncode == 14, out
     assert "interrupted" in out and "Traceback" not in out, out
-    assert not reports.exists() or list(reports.iterdir()) == [], list(reports.rglob("*"))
+    assert not any(Path(f"/proc/{pid}").exists() for pid in qemu), "QEMU outlived the run"
+    runs = [p for p in reports.iterdir() if p.is_dir()] if reports.exists() else []
+    if runs:
+        (run_dir,) = runs
+        _, props, cases = parse_junit(run_dir / "junit.xml")
+        assert props["pkvmlab.interrupted"] == "SIGTERM"
+        assert {c.find("error").get("type") for c in cases.values()} <= {"pkvmlab.interrupted"}, out
+    else:
+        assert not reports.exists() or list(reports.iterdir()) == [], list(reports.rglob("*"))
 
 
 def test_plain_pytest_powers_the_board_on_at_session_start(tmp_path):

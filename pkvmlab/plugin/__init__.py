@@ -8,6 +8,7 @@ Inactive unless a board is chosen (``--board`` or an environment whose
 from .fixtures import board, booted, measured, pkvmlab_run, suite_property  # noqa: F401
 from .hooks import (  # noqa: F401
     pytest_addoption,
+    pytest_collection,
     pytest_collection_finish,
     pytest_collection_modifyitems,
     pytest_configure,

@@ -51,12 +51,31 @@ INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 def _interrupt_handler(run):
     """SIGINT/SIGTERM/SIGHUP: end the run as Ctrl-C does (pytest then writes its JUnit file); the run
-    remembers the first signal's name (``pkvmlab/interrupt.py`` says where it is raised, and where not)."""
+    remembers the first signal's name (``pkvmlab/interrupt.py`` says where it is raised, and where not).
+
+    Until pytest's session runs (``pytest_collection``) the signal is only kept: raised while
+    pytest configures its plugins or starts the session, a KeyboardInterrupt ends pytest with
+    no ``pytest_sessionfinish``, so with no JUnit file, exit code 2 and the run half-written
+    (measured: a SIGTERM 0.1 s after QEMU started).  ``pytest_collection`` raises it.
+    """
     def handler(signum, frame):
         if run.interrupted_by is None:
             run.interrupted_by = signal.Signals(signum).name
+        if not run.session_running:
+            return
         raise_interrupt(signum, frame)
     return handler
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection(session):
+    """The session runs: an interrupt kept since configure (``_interrupt_handler``) ends it now."""
+    run = session.config.stash.get(RUN_KEY, None)
+    if run is None or run.dry:
+        return
+    run.session_running = True
+    if run.interrupted_by is not None:
+        raise KeyboardInterrupt(f"interrupted by {run.interrupted_by}")
 
 
 # Options after which pytest only prints (help, the collected tests, the fixtures): a run of those
@@ -96,6 +115,7 @@ def pytest_configure(config):
         run = early.run
         if run is None:
             return
+        _take_signals(run)
         early.configured = True
         run.timeline.mark("configure")
     else:
@@ -107,6 +127,7 @@ def pytest_configure(config):
             _stop_before_start(err, dry)
         if run is None:
             return
+        _take_signals(run)
         timeline.mark("run_ready")
         run.timeline = timeline
         run.export_environment()
@@ -128,9 +149,14 @@ def pytest_configure(config):
     if not config.option.log_file and not config.getini("log_file"):
         config.option.log_file = str(run.run_dir / "harness.log")
         config.option.log_file_level = config.option.log_file_level or "INFO"
-    handler = _interrupt_handler(run)
-    run.previous_handlers = {sig: signal.signal(sig, handler) for sig in INTERRUPT_SIGNALS}
     run.audit = start_records(run)
+
+
+def _take_signals(run):
+    """The plugin's interrupt handler, first thing once it has the run (see ``_interrupt_handler``)."""
+    if not run.dry:
+        handler = _interrupt_handler(run)
+        run.previous_handlers = {sig: signal.signal(sig, handler) for sig in INTERRUPT_SIGNALS}
 
 
 def pytest_unconfigure(config):
