@@ -22,7 +22,6 @@ from pathlib import Path
 from . import interrupt
 from .boards import known_boards, load_board, project_root
 from .errors import ConfigError, PkvmlabError
-from .interrupt import raise_interrupt
 
 EXIT_OK, EXIT_FAILED = 0, 1     # the other codes are the failure classes' (pkvmlab.outcome, README)
 
@@ -195,22 +194,20 @@ def cmd_run(args, extra):
     # enables it): start-up builds objects that live as long as the run, and the collector walked them
     # again and again (measured: power-on 0.30 -> 0.28 s after start, pytest configured 0.65 -> 0.60 s).
     gc.disable()
-    # SIGTERM and SIGHUP end the run as Ctrl-C does, also before pytest's plugin takes them over: a run
-    # stopped while its board powers on leaves no run directory behind (EarlyBoard.abandon).
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, raise_interrupt)
+    # SIGTERM, SIGHUP and SIGINT are kept (interrupt.keep) until pytest's plugin takes them over, and end
+    # the run then; before pytest starts, a run stopped while its board powers on leaves no run directory
+    # behind (EarlyBoard.abandon).
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(signum, interrupt.keep)
     early = None
-    if wanted(extra):
-        early = EarlyBoard.start(args, extra)   # the board boots while pytest starts (pkvmlab/earlyboot.py)
     try:
+        if wanted(extra):
+            early = EarlyBoard.start(args, extra)   # the board boots while pytest starts (pkvmlab/earlyboot.py)
+        interrupt.raise_if_received()
         import pytest
         code = int(pytest.main(_imported_plugins_quiet() + pytest_args_for_run(board, args, extra),
                                plugins=[early] if early is not None else []))
-        if code == pytest.ExitCode.INTERRUPTED and interrupt.received and early is not None \
-                and not early.configured:
-            # Signalled while pytest configured itself, before pkvmlab's plugin took the run over: pytest
-            # says 2 and, its terminal not set up yet, nothing; the run ends as any interrupted start does.
-            raise KeyboardInterrupt(f"interrupted by {interrupt.received[0]}")
+        interrupt.raise_if_received()      # pytest ended before pkvmlab's plugin took the signal over
         return code
     finally:
         if early is not None:

@@ -27,8 +27,6 @@ import threading
 
 import pluggy
 
-from .interrupt import held
-
 hookimpl = pluggy.HookimplMarker("pytest")
 
 # pytest options with which `pkvmlab run` leaves the power-on to pytest's session start: they print
@@ -197,7 +195,7 @@ class EarlyBoard:
 
             import pkvmlab.lab  # noqa: F401 - pkvmlab's drivers and strategies, registered with labgrid
             early.env = Environment(config_file=str(args.env or run.board.env))   # as the plugin sets --lg-env
-            with _kept_logs() as early.log_records, held():
+            with _kept_logs() as early.log_records:
                 power_on(early.env, run)
         except BaseException:       # interrupted (Ctrl-C, SIGTERM) before pytest took the run over
             early.abandon()

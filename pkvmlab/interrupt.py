@@ -5,13 +5,11 @@ the run (``plugin/hooks.py``): pytest writes its JUnit file after ``KeyboardInte
 and the default action of SIGTERM kills the process with no report at all.
 """
 
-import contextlib
 import os
 import signal
 import threading
 
 received = []      # the signals raise_interrupt was given, by name, in the order they came
-_held = []         # while non-empty (``held()``), a signal is kept instead of raised
 
 
 def raise_interrupt(signum, frame):
@@ -26,28 +24,28 @@ def raise_interrupt(signum, frame):
     name = signal.Signals(signum).name
     if name not in received:
         received.append(name)
-    if _held:
-        return
     if frame is not None and frame.f_code.co_filename.startswith("<frozen importlib"):
         threading.Timer(0.02, os.kill, (os.getpid(), signum)).start()
         return
     raise KeyboardInterrupt(f"interrupted by {name}")
 
 
-@contextlib.contextmanager
-def held():
-    """Signals that come inside are raised when it ends, as ``KeyboardInterrupt``.
+def keep(signum, frame):
+    """Only remember the signal: ``pkvmlab run`` before pytest's session (see ``raise_if_received``).
 
-    For the power-on before pytest starts (``earlyboot.py``): raised inside labgrid's step
-    machinery, the exception cut its step stack in half ("assert self._stack[-1] is step"),
-    labgrid's ``never_retry`` kept that AssertionError as the strategy's error, and the run
-    went on to fail every test with it instead of ending as interrupted (measured: a SIGTERM
-    a few milliseconds after QEMU started).
+    Raised there, the KeyboardInterrupt was lost more than once (measured): swallowed in a
+    weakref callback ("Exception ignored in ... WeakSet ... _remove"), or inside labgrid's step
+    machinery, whose broken step stack then failed every test instead of ending the run.
     """
-    _held.append(True)
-    try:
-        yield
-    finally:
-        _held.pop()
-    if received and not _held:
+    name = signal.Signals(signum).name
+    if name not in received:
+        received.append(name)
+
+
+taken = []         # non-empty once pkvmlab's plugin took the kept signals over (plugin/hooks.py)
+
+
+def raise_if_received():
+    """Raise the first kept signal as KeyboardInterrupt, unless pkvmlab's plugin has taken it over."""
+    if received and not taken:
         raise KeyboardInterrupt(f"interrupted by {received[0]}")

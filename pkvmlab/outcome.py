@@ -65,11 +65,24 @@ class Outcome:
 
 
 def first_cause(exc):
-    """The exception that started it: through labgrid's StrategyError wrapping to the original."""
+    """The exception that started it: through labgrid's StrategyError wrapping to the original.
+
+    An error raised while a KeyboardInterrupt unwound is the interrupt's doing, and the
+    interrupt is the first cause: a SIGTERM raised inside labgrid's step machinery cuts its
+    step stack in half, labgrid then fails its own ``assert self._stack[-1] is step`` and
+    ``never_retry`` keeps that AssertionError (measured in CI: an interrupted boot filed as the
+    board's "assertion failed").
+    """
     seen = set()
     while isinstance(exc, StrategyError) and exc.__cause__ is not None and id(exc) not in seen:
         seen.add(id(exc))
         exc = exc.__cause__
+    context = exc
+    while context is not None and id(context) not in seen:
+        if isinstance(context, KeyboardInterrupt):
+            return context
+        seen.add(id(context))
+        context = context.__context__
     return exc
 
 

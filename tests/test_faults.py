@@ -322,3 +322,29 @@ def test_two_real_runs_at_once_both_finish(tmp_path):
     runs = sorted(d.name for d in (tmp_path / "reports").iterdir() if d.is_dir())
     assert len(runs) == 2 and all((tmp_path / "reports" / r / "junit.xml").exists() for r in runs), runs
     assert time.monotonic() - started < 180
+
+
+def test_an_error_raised_while_an_interrupt_unwound_is_the_interrupts():
+    """labgrid's step stack, cut in half by a SIGTERM, fails its own assertion; never_retry keeps that error
+    and wraps it in StrategyError on the next call.  The run's verdict is the interrupt, not the board's."""
+    from labgrid.strategy.common import StrategyError
+
+    from pkvmlab.outcome import BOARD, INTERRUPTED, classify
+
+    def broken_step():
+        try:
+            raise KeyboardInterrupt("interrupted by SIGTERM")
+        except KeyboardInterrupt:
+            raise AssertionError() from None    # `from None` hides it from tracebacks, not from __context__
+
+    try:
+        broken_step()
+    except AssertionError as err:
+        first = err
+    try:
+        raise StrategyError("BootShellStrategy is in broken state") from first
+    except StrategyError as err:
+        wrapped = err
+    assert classify(wrapped).kind is INTERRUPTED
+    assert classify(wrapped).message == "interrupted by SIGTERM"
+    assert classify(AssertionError("EL2 expected")).kind is BOARD      # a plain assertion stays the board's

@@ -155,6 +155,10 @@ def pytest_configure(config):
 def _take_signals(run):
     """The plugin's interrupt handler, first thing once it has the run (see ``_interrupt_handler``)."""
     if not run.dry:
+        from .. import interrupt
+        if interrupt.received and run.interrupted_by is None:   # kept by `pkvmlab run` (cli.py): ours now
+            run.interrupted_by = interrupt.received[0]
+        interrupt.taken.append(True)
         handler = _interrupt_handler(run)
         run.previous_handlers = {sig: signal.signal(sig, handler) for sig in INTERRUPT_SIGNALS}
 
@@ -239,7 +243,11 @@ def pytest_runtest_makereport(item, call):
         # one), not to whichever test reads the console next.
         session.drain_console()
     if run is not None and report.failed and call.excinfo is not None:
-        _classify(run, report, call.excinfo.value)
+        _classify(run, report, call.excinfo.value, item)
+    if run is not None and run.interrupted_by is not None and not item.session.shouldstop:
+        # The handler's KeyboardInterrupt never reached pytest (swallowed in a weakref callback or below
+        # the test): the session still ends here.
+        item.session.shouldstop = f"interrupted by {run.interrupted_by}"
     if call.when == "setup":
         item.stash[_CONSOLE_MARK_KEY] = _console_size(session)
     if report.failed and session is not None and session.console_log is not None:
@@ -291,8 +299,12 @@ def pytest_runtest_logreport(report):
         run.journal_error = err
 
 
-def _classify(run, report, exc):
-    """File the failure in its class (pkvmlab.outcome); the JUnit file gets its type and message."""
+def _classify(run, report, exc, item):
+    """File the failure in its class (pkvmlab.outcome); the JUnit file gets its type and message.
+
+    An interrupt that the code below the test swallowed (labgrid's step machinery turns it into
+    an error of its own: ``outcome.first_cause``) still ends the session, as pytest ends it for one
+    that reaches it, and the test's message says what it was running."""
     from pexpect import EOF
 
     from ..outcome import classify, first_cause
@@ -319,6 +331,12 @@ def _classify(run, report, exc):
         from ..outcome import BOARD, Outcome
         from ..report.record import STRICT_FINDING_TYPE
         outcome = Outcome(BOARD, finding.message, junit_type=STRICT_FINDING_TYPE)
+    from ..outcome import INTERRUPTED
+    if outcome.kind is INTERRUPTED:
+        from ..outcome import Outcome
+        label = item.nodeid if not item.nodeid.startswith("::") else f"{item.path}{item.nodeid}"
+        outcome = Outcome(INTERRUPTED, f"{outcome.message} while running {label}")
+        item.session.shouldstop = outcome.message
     report._pkvmlab_outcome = outcome
     run.outcomes[(report.nodeid, report.when)] = outcome
     crash = getattr(report.longrepr, "reprcrash", None)
