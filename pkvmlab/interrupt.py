@@ -1,15 +1,18 @@
-"""SIGTERM/SIGHUP (and SIGINT) as Ctrl-C: a ``KeyboardInterrupt`` in the main thread, never inside an import.
+"""SIGTERM/SIGHUP/SIGINT end a run as Ctrl-C does: a ``KeyboardInterrupt`` in the main thread, at a safe place.
 
-Used by ``pkvmlab run`` from its start (``cli.py``) and by the pytest plugin once it has
-the run (``plugin/hooks.py``): pytest writes its JUnit file after ``KeyboardInterrupt``,
-and the default action of SIGTERM kills the process with no report at all.
+``pkvmlab run`` only keeps a signal (``keep``) until pytest's session runs: ``cli.py`` raises
+it before pytest starts and after it ended (``raise_if_received``), pkvmlab's pytest plugin
+takes it over at configure and raises it when the session collects (``plugin/hooks.py``).
+During the session the plugin's handler raises at once (``raise_interrupt``): pytest writes
+its JUnit file after ``KeyboardInterrupt``, and SIGTERM's default action kills the process
+with no report at all.
 """
 
 import os
 import signal
 import threading
 
-received = []      # the signals raise_interrupt was given, by name, in the order they came
+received = []      # the signals given to this module's handlers, by name, in the order they came
 
 
 def raise_interrupt(signum, frame):
