@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from _pytest.junitxml import xml_key
 
+from .. import interrupt
 from ..earlyboot import EarlyBoard
 from ..errors import ConfigError, PkvmlabError
-from ..interrupt import raise_interrupt
 from ..runstate import KVM_ARM_MODES, RunState
 from ..timeline import Timeline
 from .records import finish_records, start_records
@@ -63,7 +63,7 @@ def _interrupt_handler(run):
             run.interrupted_by = signal.Signals(signum).name
         if not run.session_running:
             return
-        raise_interrupt(signum, frame)
+        interrupt.raise_interrupt(signum, frame)
     return handler
 
 
@@ -155,7 +155,6 @@ def pytest_configure(config):
 def _take_signals(run):
     """The plugin's interrupt handler, first thing once it has the run (see ``_interrupt_handler``)."""
     if not run.dry:
-        from .. import interrupt
         if interrupt.received and run.interrupted_by is None:   # kept by `pkvmlab run` (cli.py): ours now
             run.interrupted_by = interrupt.received[0]
         interrupt.taken.append(True)
