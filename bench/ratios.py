@@ -45,6 +45,7 @@ GOALS = {"boot": 1.2, "boot+pvm": 1.1, "matrix": 1.2}
 # configure); with pytest as the entry point the board powers on at session start
 # (pkvmlab/plugin/fixtures.py power_on_early).  From boot_start on, everything overlaps the boot.
 SPANS = (("cli", "interpreter, pkvmlab CLI"), ("configure", "interpreter, imports, pytest start-up"),
+         ("qemu_prestart", "QEMU started early, paused (qemuprestart.py)"),
          ("run_ready", "provisioning check (pkvmlab run: labgrid imported meanwhile)"),
          ("boot_start", "labgrid environment, target"),
          ("collected", "collection (board booting)"), ("boot_wait", "session set-up (board booting)"),

@@ -37,7 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMP_PATTERNS = ("labgrid-qemu-tmp-*", "pkvmlab-*")
-OWNER_FILE = ".pkvmlab-owner"   # pkvmlab.lab.childproc.OWNER_FILE
+OWNER_FILE = ".pkvmlab-owner"   # pkvmlab.childproc.OWNER_FILE
 
 
 def read_proc(pid):

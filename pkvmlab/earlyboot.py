@@ -7,7 +7,10 @@ pkvmlab's plugin: 0.48 s after the process started (measured on the 2-core CI
 machine), of which the power-on needs only the interpreter, labgrid, and the
 provisioning check (about 0.3 s).  So ``pkvmlab run`` does those first, powers the
 board on through labgrid (the environment, target and strategy the run then
-uses: nothing is made twice), and starts pytest while the board boots.  The
+uses: nothing is made twice), and starts pytest while the board boots.  Before
+all of it, a QEMU board's QEMU is started paused from the command line the same
+invocation's driver built last time, and the driver uses it only if its own
+command is the same (``pkvmlab/qemuprestart.py``).  The
 pytest plugin takes the run's state and labgrid's environment from ``EarlyBoard``,
 a pytest plugin object handed to ``pytest.main``, instead of making them itself.
 
@@ -26,6 +29,8 @@ import os
 import threading
 
 import pluggy
+
+from . import qemuprestart
 
 hookimpl = pluggy.HookimplMarker("pytest")
 
@@ -163,13 +168,26 @@ class EarlyBoard:
     @classmethod
     def start(cls, args, extra):
         """Set the run up from `pkvmlab run`'s arguments and power its board on."""
-        from .errors import PkvmlabError
-        from .runstate import RunState
         from .timeline import Timeline
         timeline = Timeline()
         timeline.mark("cli")
-        # labgrid is imported meanwhile: the provisioning check hashes what will boot (0.04 s, in
-        # hashlib, which lets go of the GIL) while the import runs Python.
+        # QEMU starts paused from the last same run's command line, checked against the driver's
+        # once labgrid is imported (pkvmlab/qemuprestart.py); a new image set is not guessed at.
+        if not args.refresh and qemuprestart.start(qemuprestart.key_of(
+                board=args.board, env=args.env, qemu=args.qemu, cpu=args.cpu, kvm_mode=args.kvm_mode,
+                kernel_suite=args.kernel_suite)) is not None:
+            timeline.mark("qemu_prestart")
+        try:
+            return cls._start(args, extra, timeline)
+        finally:
+            qemuprestart.discard()      # no driver took it: the run stopped before its board's activation
+
+    @classmethod
+    def _start(cls, args, extra, timeline):
+        from .errors import PkvmlabError
+        from .runstate import RunState
+        # labgrid is imported meanwhile: the provisioning check hashes what will boot (0.04 s in hashlib,
+        # which lets go of the GIL: images/cache.py sha256_file) while the import runs Python.
         importing = threading.Thread(target=_import_labgrid, name="pkvmlab-import-labgrid", daemon=True)
         importing.start()
         option = argparse.Namespace(

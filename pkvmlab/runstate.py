@@ -269,7 +269,7 @@ class RunState:
         physical board's env names its lab's TFTP root instead and ignores this.  The
         directory carries an owner file, so one left by a SIGKILLed run is swept by the next.
         """
-        from .lab.childproc import mark_owned, sweep_stale
+        from .childproc import mark_owned, sweep_stale
         sweep_stale("pkvmlab-tftp-*")
         self.tftp_dir = tempfile.mkdtemp(prefix="pkvmlab-tftp-")
         mark_owned(self.tftp_dir)

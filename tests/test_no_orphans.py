@@ -6,7 +6,7 @@ harness), signals the harness and checks that QEMU is gone within seconds and
 that labgrid's temp dir of the run (``labgrid-qemu-tmp-*``, the console socket
 named on QEMU's command line) does not stay: removed by the harness itself on
 SIGTERM/SIGHUP, and by the next run after a SIGKILL (nothing of a SIGKILLed
-process runs; ``pkvmlab.lab.childproc`` says why that is the honest bound).
+process runs; ``pkvmlab.childproc`` says why that is the honest bound).
 """
 
 import os

@@ -10,6 +10,7 @@ crash never leaves a half-written blob under its final name.
 
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import tempfile
@@ -24,11 +25,27 @@ def default_cache_dir():
     return Path(base) / "pkvmlab"
 
 
+HASH_SPAN = 64 << 20     # bytes hashed per call: a signal waits for at most one span (about 35 ms)
+
+
 def sha256_file(path):
+    """The file's sha256, hashed from a memory map in a few large calls.
+
+    Why not a loop of 1 MB reads: each read and each update lets go of the GIL and must get it
+    back, and while another thread runs Python (``pkvmlab run`` imports labgrid beside the
+    provisioning check, pkvmlab/earlyboot.py) every such hand-back waits up to the interpreter's
+    switch interval (5 ms).  Measured on the 2-core CI machine, the 52 MB kernel: 0.137 s in the
+    read loop beside labgrid's import, 0.033 s alone; a memory map needs no reads and one
+    update per HASH_SPAN.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
+        size = os.fstat(file.fileno()).st_size
+        if size == 0:
+            return digest.hexdigest()
+        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped, memoryview(mapped) as view:
+            for start in range(0, size, HASH_SPAN):
+                digest.update(view[start:start + HASH_SPAN])
     return digest.hexdigest()
 
 

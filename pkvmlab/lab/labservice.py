@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 
 from ..boards import load_board, project_root
+from ..childproc import _start_time, die_with_parent, stop
 from ..errors import ConfigError, InfrastructureError
 from ..yamlfile import Field, check_fields, load_yaml, raise_if_problems
-from .childproc import _start_time, die_with_parent, stop
 
 STATE = "lab.json"
 START_TIMEOUT = 60.0        # coordinator + power switches + exporters + places, on a loaded 2-core machine

@@ -205,7 +205,7 @@ def _record_path(address, place):
 
 
 def write_record(address, place, run=""):
-    from .childproc import _start_time
+    from ..childproc import _start_time
     path = _record_path(address, place)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"pid": os.getpid(), "start": _start_time(os.getpid()), "run": run,
@@ -229,7 +229,7 @@ def holder_alive(record):
     """True/False for a pkvmlab process recorded on this host (pid and start time), None if unknown."""
     if not record:
         return None
-    from .childproc import _start_time
+    from ..childproc import _start_time
     return _start_time(record["pid"]) == record.get("start")
 
 

@@ -51,8 +51,8 @@ from labgrid.factory import target_factory
 from labgrid.resource import NetworkPowerPort, NetworkSerialPort
 from labgrid.step import step
 
+from ..childproc import die_with_parent, stop
 from ..errors import InfrastructureError
-from .childproc import die_with_parent, stop
 
 
 def listening(port):

@@ -32,6 +32,9 @@ rather than worked around in every caller:
   of the boot suite, 5 runs alternated with the raw QEMU boot: 4.03 s -> 3.71 s
   (QEMU's ``cont`` still comes 0.42-0.44 s after the process started: the
   harness no longer waits for it);
+* ``on_activate`` asks ``pkvmlab/qemuprestart.py`` whether ``pkvmlab run`` already
+  started this very command line, paused, before labgrid was imported; if so, the
+  driver takes that QEMU (process, temp dir, console socket) instead of starting one;
 * nothing ties QEMU's life to the harness: its only cleanup is an ``atexit``
   handler and ``on_deactivate``, which a SIGKILL (or OOM kill, or interpreter
   crash) never runs, so QEMU went on under PID 1 and its temp dir
@@ -66,8 +69,9 @@ from labgrid.step import step
 from labgrid.util.qmp import QMPError, QMPMonitor
 from pexpect import EOF, TIMEOUT
 
+from .. import qemuprestart
+from ..childproc import die_with_parent, mark_owned, stop, sweep_stale
 from ..errors import InfrastructureError
-from .childproc import die_with_parent, mark_owned, stop, sweep_stale
 
 CONSOLE_BUFFER = 1 << 20    # bytes read ahead of the harness; a boot prints about 40 KB
 
@@ -77,6 +81,7 @@ CONSOLE_BUFFER = 1 << 20    # bytes read ahead of the harness; a boot prints abo
 class PkvmQEMUDriver(QEMUDriver):
     initrd = attr.ib(default=None, validator=attr.validators.optional(attr.validators.instance_of(str)))
     start_timeout = attr.ib(default=15.0, converter=float)
+    _early = attr.ib(default=None, init=False, repr=False)    # a QEMU `pkvmlab run` started (qemuprestart)
 
     def get_qemu_base_args(self):
         binary = self.target.env.config.get_tool(self.qemu_bin)
@@ -93,9 +98,18 @@ class PkvmQEMUDriver(QEMUDriver):
         sweep_stale("labgrid-qemu-tmp-*")    # left by harnesses that were SIGKILLed
         super().on_activate()
         mark_owned(self._tempdir)
+        # `pkvmlab run` may have started this very command already, paused (pkvmlab/qemuprestart.py)
+        self._early = qemuprestart.adopt(self._cmd, self._tempdir)
+        if self._early is not None:
+            self._socket.close()
+            shutil.rmtree(self._tempdir)
+            self._tempdir, self._socket, self._cmd = self._early.tempdir, self._early.socket, self._early.command
         atexit.register(shutil.rmtree, self._tempdir, ignore_errors=True)
 
     def on_deactivate(self):
+        early, self._early = self._early, None
+        if early is not None:      # adopted but never switched on
+            stop(early.child)
         try:
             super().on_deactivate()
         except FileNotFoundError:
@@ -121,10 +135,16 @@ class PkvmQEMUDriver(QEMUDriver):
         """
         if self.status:
             return
-        self.logger.debug("Starting with: %s", self._cmd)
-        self._stderr = tempfile.TemporaryFile()
-        self._child = subprocess.Popen(self._cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                       stderr=self._stderr, preexec_fn=die_with_parent())
+        early, self._early = self._early, None
+        if early is not None:
+            self.logger.info("QEMU pid %d, started early from this same command line (pkvmlab/qemuprestart.py): %s",
+                             early.child.pid, " ".join(self._cmd))
+            self._child, self._stderr = early.child, early.stderr
+        else:
+            self.logger.debug("Starting with: %s", self._cmd)
+            self._stderr = tempfile.TemporaryFile()
+            self._child = subprocess.Popen(self._cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                           stderr=self._stderr, preexec_fn=die_with_parent())
         self.status = 1
         self._start_console_thread()
 
