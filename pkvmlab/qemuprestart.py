@@ -9,7 +9,7 @@ path of every run, and on an emulated board that path is the floor plus the harn
 overhead (issue 14: the boot suite's goal is 1.2x of the raw QEMU boot).
 
 So ``pkvmlab run`` (``EarlyBoard.start``) starts QEMU first, from the command line
-the driver built the last time the same invocation ran (``remember``: kept under
+the driver built the last time the same invocation ran (``adopt`` keeps it under
 the image cache, keyed by the run's arguments, the driver's temp dir written as
 ``TEMPDIR``), with ``-S``: QEMU initialises, then waits for ``cont``, and the guest
 runs nothing.  labgrid is imported meanwhile, on the other core.  When the driver
@@ -72,11 +72,15 @@ def _record_path(key):
 
 
 def _files_named(command):
-    """Absolute paths of the regular files in ``command`` (also inside ``-drive file=...,`` style words)."""
+    """The regular files ``command`` names, also inside ``-drive file=...,`` style words.
+
+    A relative path is identified as it resolves here: run from another directory, the same
+    word names another file, whose identity differs, so nothing is started early.
+    """
     paths = []
     for word in command:
         for piece in word.replace("=", ",").split(","):
-            if piece.startswith("/") and TEMPDIR not in piece and os.path.isfile(piece) and piece not in paths:
+            if piece and TEMPDIR not in piece and piece not in paths and os.path.isfile(piece):
                 paths.append(piece)
     return paths
 
@@ -103,13 +107,14 @@ def start(key):
     _state["key"] = key
     try:
         record = json.loads(_record_path(key).read_text())
-        template, files = list(record["command"]), dict(record["files"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if not template or not _unchanged(files):
-        return None
-    tempdir = tempfile.mkdtemp(prefix="labgrid-qemu-tmp-")
+        template, files = [str(word) for word in record["command"]], dict(record["files"])
+        if not template or not _unchanged(files):
+            return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None             # no record yet, or not one this version wrote
+    tempdir = None
     try:
+        tempdir = tempfile.mkdtemp(prefix="labgrid-qemu-tmp-")
         mark_owned(tempdir)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(f"{tempdir}/serialrw")
@@ -119,7 +124,8 @@ def start(key):
         child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
                                  preexec_fn=die_with_parent())
     except OSError:
-        _remove(tempdir)
+        if tempdir is not None:
+            _remove(tempdir)
         return None
     _state["early"] = EarlyQEMU(command, tempdir, sock, child, stderr, files)
     atexit.register(discard)

@@ -26,7 +26,7 @@ os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get(
 # kept one worker busy for a minute after the other had finished (288 s in all).
 LONGEST_FIRST = ("test_dashboards.py", "test_lab.py", "test_report_real_runs.py", "test_faults.py",
                  "test_devboards.py", "test_pvm_board.py", "test_no_orphans.py", "test_qemu_board.py",
-                 "test_report_fixtures.py", "test_pixel_avf.py", "test_pixel_phone.py")
+                 "test_report_fixtures.py", "test_pixel_avf.py", "test_pixel_phone.py", "test_qemuprestart.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -109,10 +109,12 @@ def test_an_early_qemu_no_driver_took_is_stopped(prestart, tmp_path):
     assert not alive(early.child) and not os.path.exists(early.tempdir)
 
 
-def test_an_unreadable_record_is_no_guess(prestart, tmp_path):
+@pytest.mark.parametrize("text", ["{not json", '{"command": 5, "files": {}}', '{"command": ["true"], "files": [1]}',
+                                  '{"command": ["true"], "files": {"/x": 1}}', '{"command": []}'])
+def test_an_unreadable_record_is_no_guess(prestart, tmp_path, text):
     path = tmp_path / "cache" / "qemu-commands" / "k.json"
     path.parent.mkdir(parents=True)
-    path.write_text("{not json")
+    path.write_text(text)
     assert prestart.start("k") is None
 
 
